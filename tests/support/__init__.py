@@ -1,0 +1,1 @@
+"""Test support: fixtures that start real processes (vLLM CPU, Prometheus, Alertmanager) and the DCGM stand-in."""

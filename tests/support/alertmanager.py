@@ -1,0 +1,1 @@
+"""Fixtures for alertmanager (filled in by its owner)."""

@@ -1,0 +1,1 @@
+"""Fixtures for dcgm (filled in by its owner)."""

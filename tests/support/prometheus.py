@@ -1,0 +1,1 @@
+"""Fixtures for prometheus (filled in by its owner)."""

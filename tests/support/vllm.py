@@ -1,0 +1,1 @@
+"""Fixtures for vllm (filled in by its owner)."""

@@ -1,0 +1,453 @@
+"""Load and validate tuner's YAML configuration.
+
+Every error names the file, the key (as a dotted path) and what is allowed, and is raised
+before anything starts. Durations use Prometheus syntax (``30s``, ``5m``, ``1h30m``, ``7d``);
+sizes accept plain bytes or ``KiB/MiB/GiB`` (and ``KB/MB/GB``) suffixes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from tuner.errors import ConfigError
+
+_DURATION_UNITS = {
+    "y": 365 * 86400.0,
+    "w": 7 * 86400.0,
+    "d": 86400.0,
+    "h": 3600.0,
+    "m": 60.0,
+    "s": 1.0,
+    "ms": 0.001,
+}
+_DURATION_RE = re.compile(r"(\d+)(ms|y|w|d|h|m|s)")
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$")
+_SIZE_UNITS = {
+    None: 1,
+    "B": 1,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+    "TB": 1000**4,
+    "KiB": 1024,
+    "MiB": 1024**2,
+    "GiB": 1024**3,
+    "TiB": 1024**4,
+}
+TARGET_KINDS = ("vllm", "dcgm", "other")
+
+
+def parse_duration(text: str | int | float) -> float:
+    """Parse a Prometheus duration (``1h30m``, ``5m``, ``250ms``) into seconds.
+
+    Bare numbers are seconds. Raises ValueError with the allowed syntax on bad input.
+    """
+    if isinstance(text, bool):
+        raise ValueError(f"{text!r} is not a duration")
+    if isinstance(text, int | float):
+        if text < 0:
+            raise ValueError(f"duration {text!r} is negative")
+        return float(text)
+    s = str(text).strip()
+    if not s:
+        raise ValueError("empty duration")
+    pos = 0
+    total = 0.0
+    last_rank = -1
+    order = list(_DURATION_UNITS)
+    for match in _DURATION_RE.finditer(s):
+        if match.start() != pos:
+            break
+        rank = order.index(match.group(2))
+        if rank <= last_rank:
+            raise ValueError(f"duration {s!r}: units must go from largest to smallest")
+        last_rank = rank
+        total += int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(s) or pos == 0:
+        raise ValueError(
+            f"{s!r} is not a Prometheus duration (e.g. 30s, 5m, 1h30m, 7d; units ms s m h d w y)"
+        )
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """Render seconds the way Prometheus does (``1h30m``, ``5m``, ``250ms``)."""
+    if seconds <= 0:
+        return "0s"
+    ms = round(seconds * 1000)
+    out = []
+    for unit, size in (("d", 86400000), ("h", 3600000), ("m", 60000), ("s", 1000), ("ms", 1)):
+        n, ms = divmod(ms, size)
+        if n:
+            out.append(f"{n}{unit}")
+    return "".join(out)
+
+
+def parse_size(text: str | int) -> int:
+    """Parse a byte size (``1048576``, ``512MiB``, ``2GB``) into bytes."""
+    if isinstance(text, bool):
+        raise ValueError(f"{text!r} is not a size")
+    if isinstance(text, int):
+        if text <= 0:
+            raise ValueError(f"size {text} must be positive")
+        return text
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise ValueError(f"{text!r} is not a size (bytes, or a number with KiB/MiB/GiB/KB/MB/GB)")
+    value = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+    if value <= 0:
+        raise ValueError(f"size {text!r} must be positive")
+    return value
+
+
+@dataclass(frozen=True)
+class Target:
+    """One scrape target. ``job`` and ``instance`` become labels on every stored sample."""
+
+    name: str
+    url: str
+    kind: str = "vllm"
+    labels: Mapping[str, str] = field(default_factory=dict)
+    timeout: float | None = None
+
+    @property
+    def job(self) -> str:
+        return self.kind
+
+    @property
+    def target_labels(self) -> dict[str, str]:
+        """Labels the scraper attaches, like Prometheus's ``job`` and ``instance``."""
+        return {"job": self.kind, "instance": self.name, **self.labels}
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    path: Path = Path("tuner.db")
+    retention: float = 7 * 86400.0
+    max_bytes: int = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class Alertmanager:
+    url: str
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class SLO:
+    """Latency objectives. Thresholds should sit on vLLM histogram bucket bounds."""
+
+    ttft_p99_seconds: float = 1.0
+    itl_p99_seconds: float = 0.1
+    e2e_p99_seconds: float = 20.0
+    queue_p99_seconds: float = 1.0
+    error_rate: float = 0.01
+    objective: float = 0.99
+    defaulted: bool = True
+
+
+@dataclass(frozen=True)
+class Cost:
+    dollars_per_hour: float = 0.0
+    defaulted: bool = True
+
+
+@dataclass(frozen=True)
+class SuggestSchedule:
+    schedule: str | None = None
+    since: float = 86400.0
+    keep: int = 24
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated configuration of a tuner daemon."""
+
+    source: Path | None = None
+    targets: tuple[Target, ...] = ()
+    scrape_interval: float = 5.0
+    scrape_timeout: float = 5.0
+    max_exposition_bytes: int = 10 * 1024 * 1024
+    store: StoreConfig = field(default_factory=StoreConfig)
+    listen: str = "127.0.0.1:9464"
+    evaluation_interval: float = 15.0
+    rule_files: tuple[str, ...] = ()
+    alertmanagers: tuple[Alertmanager, ...] = ()
+    prometheus_url: str | None = None
+    slo: SLO = field(default_factory=SLO)
+    cost: Cost = field(default_factory=Cost)
+    launch: Mapping[str, Any] = field(default_factory=dict)
+    suggest: SuggestSchedule = field(default_factory=SuggestSchedule)
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        return split_host_port(self.listen)
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[::1]:9464`` for IPv6); raises ValueError."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not (0 <= int(port) <= 65535):
+        raise ValueError(f"{text!r} is not host:port (e.g. 127.0.0.1:9464)")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+T = TypeVar("T")
+
+
+class _Reader:
+    """Walks a mapping and produces errors that name file and dotted key."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {key}: {message}")
+
+    def mapping(self, value: Any, key: str, allowed: Mapping[str, str]) -> Mapping[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise self.fail(key or "<top level>", f"must be a mapping, got {type(value).__name__}")
+        for k in value:
+            if k not in allowed:
+                where = f"{key}.{k}" if key else str(k)
+                raise self.fail(
+                    where, f"unknown key; allowed keys here: {', '.join(sorted(allowed))}"
+                )
+        return value
+
+    def convert(self, value: Any, key: str, fn: Callable[[Any], T], what: str) -> T:
+        try:
+            return fn(value)
+        except (ValueError, TypeError) as exc:
+            raise self.fail(key, f"{exc}; expected {what}") from None
+
+    def duration(self, value: Any, key: str) -> float:
+        return self.convert(value, key, parse_duration, "a duration like 30s, 5m, 24h, 7d")
+
+    def positive(self, value: Any, key: str) -> float:
+        def check(v: Any) -> float:
+            if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+                raise ValueError(f"{v!r} is not a positive number")
+            return float(v)
+
+        return self.convert(value, key, check, "a positive number")
+
+    def string(self, value: Any, key: str) -> str:
+        if not isinstance(value, str) or not value:
+            raise self.fail(key, f"{value!r} is not a non-empty string")
+        return value
+
+    def url(self, value: Any, key: str) -> str:
+        text = self.string(value, key)
+        if not re.match(r"^https?://[^/\s]+", text):
+            raise self.fail(key, f"{text!r} is not an http(s) URL")
+        return text
+
+
+_TOP_KEYS = {
+    "targets": "list of scrape targets",
+    "scrape_interval": "duration",
+    "scrape_timeout": "duration",
+    "max_exposition_bytes": "size",
+    "store": "mapping",
+    "listen": "host:port",
+    "evaluation_interval": "duration",
+    "rule_files": "list of globs",
+    "alertmanagers": "list",
+    "prometheus_url": "url",
+    "slo": "mapping",
+    "cost": "mapping",
+    "launch": "mapping",
+    "suggest": "mapping",
+}
+_TARGET_KEYS = {"name": "", "url": "", "kind": "", "labels": "", "timeout": ""}
+_STORE_KEYS = {"path": "", "retention": "", "max_size": ""}
+_SLO_KEYS = {f.name: "" for f in SLO.__dataclass_fields__.values() if f.name != "defaulted"}
+_COST_KEYS = {"dollars_per_hour": ""}
+_SUGGEST_KEYS = {"schedule": "", "since": "", "keep": ""}
+_AM_KEYS = {"url": "", "timeout": ""}
+
+
+def parse_config(data: Any, source: str = "<config>") -> Config:
+    """Validate a parsed YAML document and build a Config; raises ConfigError."""
+    r = _Reader(source)
+    top = r.mapping(data, "", _TOP_KEYS)
+    base_dir = Path(source).parent if source and not source.startswith("<") else Path(".")
+
+    targets = _parse_targets(r, top.get("targets", []))
+    interval = r.duration(top.get("scrape_interval", "5s"), "scrape_interval")
+    if interval <= 0:
+        raise r.fail("scrape_interval", "must be greater than 0s")
+    timeout = r.duration(top.get("scrape_timeout", min(interval, 10.0)), "scrape_timeout")
+    if timeout <= 0 or timeout > interval:
+        raise r.fail(
+            "scrape_timeout", f"must be > 0 and not longer than scrape_interval ({interval:g}s)"
+        )
+    max_bytes = r.convert(
+        top.get("max_exposition_bytes", 10 * 1024 * 1024),
+        "max_exposition_bytes",
+        parse_size,
+        "a size like 10MiB",
+    )
+
+    store_map = r.mapping(top.get("store"), "store", _STORE_KEYS)
+    store_path = Path(r.string(store_map.get("path", "tuner.db"), "store.path"))
+    if not store_path.is_absolute():
+        store_path = base_dir / store_path
+    store = StoreConfig(
+        path=store_path,
+        retention=r.duration(store_map.get("retention", "7d"), "store.retention"),
+        max_bytes=r.convert(
+            store_map.get("max_size", "2GiB"), "store.max_size", parse_size, "a size like 2GiB"
+        ),
+    )
+    if store.retention <= 0:
+        raise r.fail("store.retention", "must be greater than 0s")
+
+    listen = r.string(top.get("listen", "127.0.0.1:9464"), "listen")
+    r.convert(listen, "listen", split_host_port, "host:port")
+
+    eval_interval = r.duration(top.get("evaluation_interval", "15s"), "evaluation_interval")
+    rule_files_raw = top.get("rule_files", [])
+    if not isinstance(rule_files_raw, list):
+        raise r.fail("rule_files", "must be a list of file paths or globs")
+    rule_files = tuple(
+        str(base_dir / r.string(v, f"rule_files[{i}]"))
+        if not Path(str(v)).is_absolute()
+        else str(v)
+        for i, v in enumerate(rule_files_raw)
+    )
+
+    ams_raw = top.get("alertmanagers", [])
+    if not isinstance(ams_raw, list):
+        raise r.fail("alertmanagers", "must be a list of {url: http://host:9093}")
+    ams = []
+    for i, am in enumerate(ams_raw):
+        key = f"alertmanagers[{i}]"
+        if isinstance(am, str):
+            am = {"url": am}
+        m = r.mapping(am, key, _AM_KEYS)
+        if "url" not in m:
+            raise r.fail(f"{key}.url", "is required")
+        ams.append(
+            Alertmanager(
+                url=r.url(m["url"], f"{key}.url").rstrip("/"),
+                timeout=r.duration(m.get("timeout", "10s"), f"{key}.timeout"),
+            )
+        )
+
+    prom = top.get("prometheus_url")
+    prometheus_url = r.url(prom, "prometheus_url").rstrip("/") if prom is not None else None
+
+    slo_map = r.mapping(top.get("slo"), "slo", _SLO_KEYS)
+    slo_values = {k: r.positive(v, f"slo.{k}") for k, v in slo_map.items()}
+    for k in ("error_rate", "objective"):
+        if k in slo_values and slo_values[k] >= 1:
+            raise r.fail(f"slo.{k}", "must be a fraction between 0 and 1")
+    slo = SLO(**slo_values, defaulted="slo" not in top)  # type: ignore[arg-type]
+
+    cost_map = r.mapping(top.get("cost"), "cost", _COST_KEYS)
+    cost = Cost(
+        dollars_per_hour=(
+            r.positive(cost_map["dollars_per_hour"], "cost.dollars_per_hour")
+            if "dollars_per_hour" in cost_map
+            else 0.0
+        ),
+        defaulted="dollars_per_hour" not in cost_map,
+    )
+
+    launch = top.get("launch", {}) or {}
+    if not isinstance(launch, Mapping):
+        raise r.fail("launch", "must be a mapping of vLLM flag -> value")
+
+    sug_map = r.mapping(top.get("suggest"), "suggest", _SUGGEST_KEYS)
+    schedule = sug_map.get("schedule")
+    if schedule is not None:
+        fields = r.string(schedule, "suggest.schedule").split()
+        if len(fields) != 5:
+            raise r.fail("suggest.schedule", f"{schedule!r} is not a 5-field cron expression")
+    keep = sug_map.get("keep", 24)
+    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+        raise r.fail("suggest.keep", f"{keep!r} is not a positive integer")
+    suggest = SuggestSchedule(
+        schedule=schedule,
+        since=r.duration(sug_map.get("since", "24h"), "suggest.since"),
+        keep=keep,
+    )
+
+    return Config(
+        source=Path(source) if not source.startswith("<") else None,
+        targets=targets,
+        scrape_interval=interval,
+        scrape_timeout=timeout,
+        max_exposition_bytes=max_bytes,
+        store=store,
+        listen=listen,
+        evaluation_interval=eval_interval,
+        rule_files=rule_files,
+        alertmanagers=tuple(ams),
+        prometheus_url=prometheus_url,
+        slo=slo,
+        cost=cost,
+        launch=dict(launch),
+        suggest=suggest,
+    )
+
+
+def _parse_targets(r: _Reader, raw: Any) -> tuple[Target, ...]:
+    if not isinstance(raw, list):
+        raise r.fail("targets", "must be a list of {name, url, kind}")
+    targets = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw):
+        key = f"targets[{i}]"
+        m = r.mapping(item, key, _TARGET_KEYS)
+        for required in ("name", "url"):
+            if required not in m:
+                raise r.fail(f"{key}.{required}", "is required")
+        name = r.string(m["name"], f"{key}.name")
+        if name in seen:
+            raise r.fail(f"{key}.name", f"duplicate target name {name!r}; names must be unique")
+        seen.add(name)
+        kind = m.get("kind", "vllm")
+        if kind not in TARGET_KINDS:
+            raise r.fail(f"{key}.kind", f"{kind!r} is not allowed; use one of {TARGET_KINDS}")
+        labels = m.get("labels", {}) or {}
+        if not isinstance(labels, Mapping) or not all(
+            isinstance(k, str) and re.match(r"^[a-zA-Z_][a-zA-Z0-9_]*$", k) for k in labels
+        ):
+            raise r.fail(f"{key}.labels", "must map label names ([a-zA-Z_][a-zA-Z0-9_]*) to values")
+        timeout = m.get("timeout")
+        targets.append(
+            Target(
+                name=name,
+                url=r.url(m["url"], f"{key}.url"),
+                kind=kind,
+                labels={str(k): str(v) for k, v in labels.items()},
+                timeout=r.duration(timeout, f"{key}.timeout") if timeout is not None else None,
+            )
+        )
+    return tuple(targets)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file; raises ConfigError naming the file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config file: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    return parse_config(data, str(p))
