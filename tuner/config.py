@@ -353,7 +353,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     for k in ("error_rate", "objective"):
         if k in slo_values and slo_values[k] >= 1:
             raise r.fail(f"slo.{k}", "must be a fraction between 0 and 1")
-    slo = SLO(**slo_values, defaulted="slo" not in top)  # type: ignore[arg-type]
+    slo = SLO(**slo_values, defaulted="slo" not in top)
 
     cost_map = r.mapping(top.get("cost"), "cost", _COST_KEYS)
     cost = Cost(

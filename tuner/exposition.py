@@ -123,7 +123,9 @@ def normalize_samples(samples: Iterable[Sample], kind: str) -> list[Sample]:
     if kind == "dcgm":
         for s in samples:
             if any(k == "Hostname" for k, _ in s.labels):
-                labels = tuple(sorted(("hostname" if k == "Hostname" else k, v) for k, v in s.labels))
+                labels = tuple(
+                    sorted(("hostname" if k == "Hostname" else k, v) for k, v in s.labels)
+                )
                 out.append(Sample(s.name, labels, s.value))
             else:
                 out.append(s)

@@ -44,9 +44,7 @@ def render_status(status: Status) -> str:
     target_rows = []
     for t in status.targets:
         state = "unknown" if t.up is None else ("up" if t.up else "DOWN")
-        target_rows.append(
-            [t.name, t.kind, state, _ago(status.now, t.last_scrape), t.error[:80]]
-        )
+        target_rows.append([t.name, t.kind, state, _ago(status.now, t.last_scrape), t.error[:80]])
     out = [f"store: {status.store_path}", ""]
     out.append(render_table(["target", "kind", "state", "last scrape", "error"], target_rows))
     out.append("")

@@ -59,9 +59,7 @@ def fetch_exposition(client: httpx.Client, url: str, timeout: float, max_bytes: 
             for chunk in resp.iter_bytes():
                 size += len(chunk)
                 if size > max_bytes:
-                    raise ScrapeError(
-                        "oversized", f"{url}: body exceeds the {max_bytes}-byte cap"
-                    )
+                    raise ScrapeError("oversized", f"{url}: body exceeds the {max_bytes}-byte cap")
                 chunks.append(chunk)
     except httpx.TimeoutException:
         raise ScrapeError("timeout", f"{url}: no complete answer within {timeout:g}s") from None

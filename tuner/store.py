@@ -26,7 +26,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,6 +135,14 @@ def _encode(value: float) -> float | str | None:
     return value
 
 
+def _decode(value: float | int | str | None) -> float:
+    if isinstance(value, float):
+        return value
+    if isinstance(value, int):
+        return float(value)
+    return STALE_NAN if value == "stale" else math.nan
+
+
 def _labels_json(labels: Labels) -> str:
     return json.dumps(dict(labels), sort_keys=True, separators=(",", ":"))
 
@@ -181,12 +189,12 @@ class Store:
                         "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                         (str(SCHEMA_VERSION),),
                     )
-            version = conn.execute(
-                "SELECT value FROM meta WHERE key='schema_version'"
-            ).fetchone()
+            version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         except sqlite3.DatabaseError as exc:
             self.close()
-            raise StoreError(f"store path {self.path}: cannot open as SQLite store: {exc}") from None
+            raise StoreError(
+                f"store path {self.path}: cannot open as SQLite store: {exc}"
+            ) from None
         if version is None or int(version[0]) != SCHEMA_VERSION:
             self.close()
             raise StoreError(
@@ -222,10 +230,8 @@ class Store:
     def close(self) -> None:
         with self._lock:
             for conn in self._connections:
-                try:
+                with suppress(sqlite3.Error):
                     conn.close()
-                except sqlite3.Error:
-                    pass
             self._connections.clear()
         self._local = threading.local()
 
@@ -265,9 +271,9 @@ class Store:
                 sid = int(cur.lastrowid or 0)
             else:
                 sid = int(
-                    conn.execute(
-                        "SELECT id FROM series WHERE name=? AND labels=?", key
-                    ).fetchone()[0]
+                    conn.execute("SELECT id FROM series WHERE name=? AND labels=?", key).fetchone()[
+                        0
+                    ]
                 )
             self._series[key] = sid
             self._series_rows[sid] = (name, dict(labels))
@@ -281,7 +287,9 @@ class Store:
         A sample for a (series, ts) already present replaces it.
         """
         with self._write() as conn:
-            rows = [(self._series_id(conn, s.name, s.labels), ts_ms, _encode(s.value)) for s in samples]
+            rows = [
+                (self._series_id(conn, s.name, s.labels), ts_ms, _encode(s.value)) for s in samples
+            ]
             conn.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?)", rows)
         return len(rows)
 
@@ -329,18 +337,22 @@ class Store:
 
     def documents(self, kind: str) -> list[tuple[str, float, Any]]:
         """All documents of a kind as (key, ts, body), oldest first."""
-        rows = self._conn().execute(
-            "SELECT key, ts, body FROM documents WHERE kind=? ORDER BY ts, key", (kind,)
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute("SELECT key, ts, body FROM documents WHERE kind=? ORDER BY ts, key", (kind,))
+            .fetchall()
+        )
         return [(k, ts, json.loads(b)) for k, ts, b in rows]
 
     def refresh_series(self) -> None:
         """Pick up series another process created since we opened (readers of a live store)."""
         with self._lock:
             known = max(self._series_rows, default=0)
-        rows = self._conn().execute(
-            "SELECT id, name, labels FROM series WHERE id > ?", (known,)
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute("SELECT id, name, labels FROM series WHERE id > ?", (known,))
+            .fetchall()
+        )
         with self._lock:
             for sid, name, labels in rows:
                 self._series[(name, labels)] = sid
@@ -389,7 +401,11 @@ class Store:
                 (
                     r[2]
                     if isinstance(r[2], float)
-                    else (float(r[2]) if isinstance(r[2], int) else (STALE_NAN if r[2] == "stale" else math.nan))
+                    else (
+                        float(r[2])
+                        if isinstance(r[2], int)
+                        else (STALE_NAN if r[2] == "stale" else math.nan)
+                    )
                     for r in rows
                 ),
                 dtype=np.float64,
@@ -404,9 +420,7 @@ class Store:
                     out.append(SeriesData(name, dict(labels), ts[a:b].copy(), vals[a:b].copy()))
         return out
 
-    def read_frame(
-        self, matchers: Sequence[Matcher], start_ms: int, end_ms: int
-    ) -> pd.DataFrame:
+    def read_frame(self, matchers: Sequence[Matcher], start_ms: int, end_ms: int) -> pd.DataFrame:
         """A window as a long DataFrame: ``name``, one column per label, ``ts`` (UTC), ``value``.
 
         Stale markers are dropped.
@@ -437,11 +451,15 @@ class Store:
 
     def last_scrapes(self) -> list[ScrapeRecord]:
         """The newest scrape record of every target."""
-        rows = self._conn().execute(
-            "SELECT s.target, s.ts, s.up, s.duration, s.samples, s.error_kind, s.error "
-            "FROM scrapes s JOIN (SELECT target, MAX(ts) AS ts FROM scrapes GROUP BY target) m "
-            "ON s.target = m.target AND s.ts = m.ts ORDER BY s.target"
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT s.target, s.ts, s.up, s.duration, s.samples, s.error_kind, s.error "
+                "FROM scrapes s JOIN (SELECT target, MAX(ts) AS ts FROM scrapes GROUP BY target) m "
+                "ON s.target = m.target AND s.ts = m.ts ORDER BY s.target"
+            )
+            .fetchall()
+        )
         return [ScrapeRecord(r[0], r[1], bool(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
 
     def sample_count(self) -> int:

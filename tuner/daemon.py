@@ -1,0 +1,415 @@
+"""The sidecar daemon: scrape targets on a schedule into the store, serve /metrics and /healthz.
+
+``Daemon`` wires the pieces together with APScheduler (3.x): a scrape job every
+``scrape_interval`` and a retention job every minute; other features (rule evaluation,
+scheduled suggest, tuning progress) add their jobs to ``Daemon.scheduler`` and their metrics
+to ``Daemon.registry``. Like Prometheus, each scrape also stores ``up``,
+``scrape_duration_seconds`` and ``scrape_samples_scraped`` for the target, writes stale markers
+for series that vanished (or for all of a target's series when its scrape fails), and a write
+that fails is kept in a bounded retry buffer instead of being dropped.
+
+``run_daemon`` runs until SIGTERM or SIGINT and returns an exit code. ``read_status`` is what
+``tuner status`` shows, read from the store of a (possibly running) daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+from apscheduler.schedulers.background import BackgroundScheduler
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from tuner.config import Config
+from tuner.errors import StoreError, TunerError
+from tuner.exposition import Labels, Sample, labels_of
+from tuner.scrape import ScrapeOutcome, make_client, scrape_all
+from tuner.signals import STATUS_SIGNALS, Signal, evaluate_signals
+from tuner.store import STALE_NAN, ScrapeRecord, Store
+
+log = logging.getLogger("tuner.daemon")
+
+RETRY_BUFFER_BATCHES = 120
+
+
+class DaemonMetrics:
+    """The sidecar's own metrics, on a private registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.scrape_duration = Histogram(
+            "tuner_scrape_duration_seconds",
+            "Time to fetch, parse and store one target's scrape.",
+            ["target"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
+        )
+        self.samples_stored = Counter(
+            "tuner_samples_stored", "Samples written to the store.", registry=registry
+        )
+        self.target_up = Gauge(
+            "tuner_target_up",
+            "1 if the last scrape of the target succeeded.",
+            ["target"],
+            registry=registry,
+        )
+        self.last_scrape = Gauge(
+            "tuner_target_last_scrape_timestamp_seconds",
+            "Time of the last scrape.",
+            ["target"],
+            registry=registry,
+        )
+        self.errors = Counter(
+            "tuner_errors",
+            "Errors by kind (connection, timeout, http_status, oversized, malformed, "
+            "duplicate_series, store).",
+            ["kind", "target"],
+            registry=registry,
+        )
+        self.store_bytes = Gauge("tuner_store_bytes", "Bytes used by the store.", registry=registry)
+        self.retry_buffer = Gauge(
+            "tuner_store_retry_batches",
+            "Scrapes waiting to be written after a store error.",
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "tuner_samples_dropped",
+            "Samples dropped because the store retry buffer was full.",
+            registry=registry,
+        )
+
+
+@dataclass
+class _TargetState:
+    series: set[tuple[str, Labels]] = field(default_factory=set)
+
+
+class Daemon:
+    """Scrape → store loop plus the sidecar's HTTP endpoints. Start with ``start()``."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store | None = None,
+        client: httpx.Client | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.store = store or Store(
+            config.store.path, config.store.retention, config.store.max_bytes, clock=clock
+        )
+        self.client = client or make_client(max(4, 2 * len(config.targets)))
+        self.registry = CollectorRegistry()
+        self.metrics = DaemonMetrics(self.registry)
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self._pool = ThreadPoolExecutor(max_workers=max(1, min(8, len(config.targets))))
+        self._targets = {t.name: _TargetState() for t in config.targets}
+        self._pending: deque[tuple[list[Sample], int]] = deque()
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._server_thread: threading.Thread | None = None
+        self.last_cycle: float | None = None
+        self.stopped = threading.Event()
+
+    # -- one scrape cycle ------------------------------------------------------------
+
+    def scrape_once(self) -> list[ScrapeOutcome]:
+        """Scrape every target once and store what came back (and ``up``) — never raises."""
+        outcomes = scrape_all(
+            self.client,
+            self.config.targets,
+            self.config.scrape_timeout,
+            self.config.max_exposition_bytes,
+            self.clock,
+            self._pool,
+        )
+        with self._lock:
+            for outcome in outcomes:
+                self._store_outcome(outcome)
+            self._flush_pending()
+            self.last_cycle = self.clock()
+        return outcomes
+
+    def _store_outcome(self, outcome: ScrapeOutcome) -> None:
+        target = outcome.target
+        ts_ms = int(outcome.ts * 1000)
+        m = self.metrics
+        state = self._targets.setdefault(target.name, _TargetState())
+        labels = labels_of(target.target_labels)
+        if outcome.error_kind:
+            m.errors.labels(outcome.error_kind, target.name).inc()
+            log.warning("scrape %s failed (%s): %s", target.name, outcome.error_kind, outcome.error)
+        if outcome.duplicates:
+            m.errors.labels("duplicate_series", target.name).inc(outcome.duplicates)
+        current = {(s.name, s.labels) for s in outcome.samples}
+        gone = state.series - current
+        batch = list(outcome.samples)
+        batch += [
+            Sample("up", labels, 1.0 if outcome.up else 0.0),
+            Sample("scrape_duration_seconds", labels, outcome.duration),
+            Sample("scrape_samples_scraped", labels, float(len(outcome.samples))),
+        ]
+        batch += [Sample(n, lab, STALE_NAN) for n, lab in gone]
+        state.series = current
+        self._pending.append((batch, ts_ms))
+        m.target_up.labels(target.name).set(1 if outcome.up else 0)
+        m.last_scrape.labels(target.name).set(outcome.ts)
+        m.scrape_duration.labels(target.name).observe(outcome.duration)
+        try:
+            self.store.record_scrape(
+                ScrapeRecord(
+                    target.name,
+                    outcome.ts,
+                    outcome.up,
+                    outcome.duration,
+                    len(outcome.samples),
+                    outcome.error_kind,
+                    outcome.error,
+                )
+            )
+        except StoreError as exc:
+            m.errors.labels("store", target.name).inc()
+            log.error("%s", exc)
+
+    def _flush_pending(self) -> None:
+        m = self.metrics
+        while self._pending:
+            batch, ts_ms = self._pending[0]
+            try:
+                stored = self.store.append(batch, ts_ms)
+            except StoreError as exc:
+                m.errors.labels("store", "").inc()
+                log.error("%s (keeping %d scrapes to retry)", exc, len(self._pending))
+                while len(self._pending) > RETRY_BUFFER_BATCHES:
+                    dropped, _ = self._pending.popleft()
+                    m.dropped.inc(len(dropped))
+                break
+            self._pending.popleft()
+            m.samples_stored.inc(stored)
+        m.retry_buffer.set(len(self._pending))
+
+    def housekeeping(self) -> None:
+        """Retention, size bound and WAL checkpoint; refreshes the store-size gauge."""
+        try:
+            with self._lock:
+                self.store.apply_retention()
+                self.store.checkpoint()
+            self.metrics.store_bytes.set(self.store.size_bytes())
+        except (StoreError, OSError) as exc:
+            self.metrics.errors.labels("store", "").inc()
+            log.error("housekeeping: %s", exc)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def healthy(self) -> bool:
+        """Healthy while the scheduler runs and a scrape cycle finished recently."""
+        if not self.scheduler.running:
+            return False
+        if not self.config.targets:
+            return True
+        if self.last_cycle is None:
+            return True  # starting up
+        return self.clock() - self.last_cycle < 3 * self.config.scrape_interval + 10
+
+    def start(self) -> None:
+        """Bind the HTTP endpoints, then schedule the jobs. Raises TunerError if it cannot."""
+        host, port = self.config.listen_host_port
+        try:
+            self._server = ThreadingHTTPServer((host, port), _make_handler(self))
+        except OSError as exc:
+            raise TunerError(f"listen {self.config.listen}: cannot bind: {exc.strerror}") from None
+        self._server.daemon_threads = True
+        self._server_thread = threading.Thread(
+            target=self._server.serve_forever, name="tuner-http", daemon=True
+        )
+        self._server_thread.start()
+        self.scheduler.add_job(
+            self.scrape_once,
+            "interval",
+            seconds=self.config.scrape_interval,
+            id="scrape",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=_now_dt(),
+            misfire_grace_time=max(1, int(self.config.scrape_interval)),
+        )
+        self.scheduler.add_job(
+            self.housekeeping,
+            "interval",
+            seconds=60,
+            id="housekeeping",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=_now_dt(),
+        )
+        self.scheduler.start()
+        log.info(
+            "tuner daemon: %d targets every %gs, store %s, listening on %s",
+            len(self.config.targets),
+            self.config.scrape_interval,
+            self.config.store.path,
+            self.config.listen,
+        )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        if self._server is None:
+            raise TunerError("daemon not started")
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def stop(self) -> None:
+        """Stop jobs, flush what is pending, close the HTTP server and the store."""
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
+        with self._lock:
+            self._flush_pending()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        self._pool.shutdown(wait=True)
+        self.client.close()
+        self.store.close()
+        self.stopped.set()
+
+
+def _now_dt() -> Any:
+    import datetime
+
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _make_handler(daemon: Daemon) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                body = generate_latest(daemon.registry)
+                self._send(200, body, CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                ok = daemon.healthy()
+                self._send(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n", "text/plain")
+            else:
+                self._send(404, b"not found: try /metrics or /healthz\n", "text/plain")
+
+        def _send(self, code: int, body: bytes, ctype: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, fmt: str, *args: Any) -> None:
+            log.debug("http: " + fmt, *args)
+
+    return Handler
+
+
+def run_daemon(config: Config) -> int:
+    """Run until SIGTERM/SIGINT; returns the process exit code."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    daemon = Daemon(config)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        daemon.start()
+    except TunerError:
+        daemon.stop()
+        raise
+    stop.wait()
+    daemon.stop()
+    log.info("stopped cleanly")
+    return 0
+
+
+# -- status -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TargetStatus:
+    name: str
+    url: str
+    kind: str
+    up: bool | None
+    last_scrape: float | None
+    error: str
+
+
+@dataclass(frozen=True)
+class Status:
+    """What ``tuner status`` shows: targets and live signals per instance."""
+
+    now: float
+    store_path: str
+    targets: tuple[TargetStatus, ...]
+    signals: dict[str, dict[str, float]]
+    signal_defs: tuple[Signal, ...] = STATUS_SIGNALS
+
+    def to_json(self) -> dict[str, Any]:
+        def clean(v: float) -> float | None:
+            return None if math.isnan(v) else v
+
+        return {
+            "now": self.now,
+            "store": self.store_path,
+            "targets": [
+                {
+                    "name": t.name,
+                    "url": t.url,
+                    "kind": t.kind,
+                    "up": t.up,
+                    "last_scrape": t.last_scrape,
+                    "error": t.error,
+                }
+                for t in self.targets
+            ],
+            "signals": {
+                inst: {k: clean(v) for k, v in sigs.items()} for inst, sigs in self.signals.items()
+            },
+        }
+
+
+def read_status(config: Config, now: float | None = None) -> Status:
+    """Targets' last scrape and live signals, read from the daemon's store (read-only)."""
+    from tuner.promql import Engine  # the evaluator is only needed for status, not scraping
+
+    now = time.time() if now is None else now
+    store = Store(config.store.path, config.store.retention, config.store.max_bytes, read_only=True)
+    try:
+        last = {r.target: r for r in store.last_scrapes()}
+        targets = []
+        for t in config.targets:
+            r = last.get(t.name)
+            targets.append(
+                TargetStatus(
+                    t.name,
+                    t.url,
+                    t.kind,
+                    None if r is None else r.up,
+                    None if r is None else r.ts,
+                    "" if r is None else r.error,
+                )
+            )
+        signals = evaluate_signals(Engine(store), STATUS_SIGNALS, now)
+    finally:
+        store.close()
+    return Status(now, str(config.store.path), tuple(targets), signals)
