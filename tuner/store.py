@@ -157,8 +157,10 @@ class Store:
         max_bytes: int = 2 * 1024**3,
         clock: Callable[[], float] = time.time,
         read_only: bool = False,
+        busy_timeout: float = 30.0,
     ) -> None:
         self.path = Path(path)
+        self.busy_timeout = busy_timeout
         self.retention = retention
         self.max_bytes = max_bytes
         self.clock = clock
@@ -211,12 +213,16 @@ class Store:
             try:
                 if self.read_only:
                     uri = f"file:{self.path}?mode=ro"
-                    conn = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False)
+                    conn = sqlite3.connect(
+                        uri, uri=True, timeout=self.busy_timeout, check_same_thread=False
+                    )
                 else:
-                    conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+                    conn = sqlite3.connect(
+                        self.path, timeout=self.busy_timeout, check_same_thread=False
+                    )
                     conn.execute("PRAGMA journal_mode=WAL")
                     conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute("PRAGMA busy_timeout=30000")
+                conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             except sqlite3.Error as exc:
                 raise StoreError(
                     f"store path {self.path}: cannot open database: {exc} "

@@ -17,8 +17,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None,
-              log: Path | None = None) -> None:
+def wait_http(
+    url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None
+) -> None:
     """Poll ``url`` until it answers 200; fail with the process log if it dies or times out."""
     deadline = time.monotonic() + timeout
     last = ""
