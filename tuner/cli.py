@@ -53,6 +53,34 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_provision(sub: Any) -> None:
+    p = sub.add_parser(
+        "provision",
+        help="write Grafana dashboards and provisioning, Prometheus and Alertmanager config",
+    )
+    p.add_argument("--config", "-c", required=True, help="tuner.yaml (targets, slo, cost)")
+    p.add_argument("--out", "-o", required=True, help="output directory (created if missing)")
+    p.add_argument("--force", action="store_true",
+                   help="replace files at tuner's paths that tuner did not write")
+    p.set_defaults(handler=_cmd_provision)
+
+
+def _cmd_provision(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tuner.config import load_config
+    from tuner.provision import provision
+
+    result = provision(load_config(args.config), Path(args.out), force=args.force)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"{result.out}: {len(result.written)} file(s) written, "
+          f"{len(result.unchanged)} unchanged")
+    for path in result.written:
+        print(f"  wrote {path.relative_to(result.out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tuner",
@@ -66,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Subcommands register here; keep each one's parser next to its handler above.
-ADDERS: list[Callable[[Any], None]] = [_add_run, _add_status]
+ADDERS: list[Callable[[Any], None]] = [_add_run, _add_status, _add_provision]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,3 +33,7 @@ class StoreError(TunerError):
 
 class QueryError(TunerError):
     """A PromQL expression is outside the supported subset or failed to evaluate."""
+
+
+class ProvisionError(TunerError):
+    """Provisioning files could not be written (unwritable or foreign files in the way)."""
