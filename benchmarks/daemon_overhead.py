@@ -26,9 +26,11 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.common import free_port, stop_process, wait_http  # noqa: E402
-from tests.support.dcgm import DcgmExporter  # noqa: E402
-from tests.support.vllm import start_vllm  # noqa: E402
+import contextlib
+
+from tests.support.common import free_port, stop_process, wait_http
+from tests.support.dcgm import DcgmExporter
+from tests.support.vllm import start_vllm
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -49,12 +51,10 @@ def light_load(url: str, stop: threading.Event) -> None:
     """A trickle of requests so vLLM's counters and histograms move during the window."""
     with httpx.Client(trust_env=False, timeout=30) as client:
         while not stop.is_set():
-            try:
+            with contextlib.suppress(httpx.HTTPError):
                 client.post(f"{url}/v1/completions",
                             json={"model": "tiny-llama", "prompt": "hello " * 20,
                                   "max_tokens": 16, "ignore_eos": True})
-            except httpx.HTTPError:
-                pass
             stop.wait(1.0)
 
 

@@ -21,10 +21,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from tuner.load import LengthDist, LoadSpec, run_load_sync, summarize  # noqa: E402
+
 from tests.support.common import free_port, stop_process, wait_http  # noqa: E402
 from tests.support.tiny_model import ensure_tiny_model  # noqa: E402
 from tests.support.vllm import start_vllm  # noqa: E402
-from tuner.load import LengthDist, LoadSpec, run_load_sync, summarize  # noqa: E402
 
 
 def banner(text: str) -> None:
