@@ -90,8 +90,9 @@ def main() -> int:
         return 0
     banner(f"5/5 tuner tune: {args.tune_trials} trials on canaries (examples/tune-cpu.yaml)")
     env = {**os.environ, "TUNER_TINY_MODEL_DIR": str(model)}
+    tune_cfg = REPO / "examples" / "tune-cpu.yaml"
     return subprocess.run(
-        [sys.executable, "-m", "tuner", "tune", "--config", str(REPO / "examples" / "tune-cpu.yaml"),
+        [sys.executable, "-m", "tuner", "tune", "--config", str(tune_cfg),
          "--trials", str(args.tune_trials), "--out", str(work / "tune")],
         env=env, check=False,
     ).returncode
