@@ -1,0 +1,264 @@
+"""Where history comes from: the embedded store or a Prometheus server, behind one interface.
+
+Both sources answer the same three questions, with the result types of ``tuner.promql``:
+
+* ``instant(expr, ts) -> QueryResult`` — a PromQL instant query at ``ts`` (unix seconds);
+* ``range(expr, start, end, step) -> tuple[RangeSeries, ...]`` — a range query;
+* ``time_range() -> (oldest, newest) | None`` — which data the source holds (unix seconds).
+
+``LocalSource`` wraps ``tuner.promql.Engine`` over a ``tuner.store.Store``.
+``PrometheusSource`` asks a Prometheus server through ``prometheus_api_client`` (the only
+module that imports it). Prometheus returns sample values as strings; they are converted to
+floats here, and an empty result is an empty tuple (never a KeyError, as
+``MetricRangeDataFrame`` would raise). An unreachable server or a refused query becomes a
+``SourceError`` naming the URL and the query.
+
+Note on layering: a source returns ``tuner.promql`` result types, so this module imports
+``tuner.promql`` (lazily, for the local source) and sits next to it, not below it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from tuner.errors import TunerError
+
+if TYPE_CHECKING:
+    import requests
+
+    from tuner.promql import QueryResult, RangeSeries
+    from tuner.store import Store
+
+
+class SourceError(TunerError):
+    """History could not be read from a source (Prometheus unreachable, query refused)."""
+
+
+class Source(Protocol):
+    """What ``suggest``, ``workload`` and fleet-mode rules need from a history source."""
+
+    description: str
+
+    def instant(self, expr: str, ts: float) -> QueryResult: ...
+
+    def range(
+        self, expr: str, start: float, end: float, step: float
+    ) -> tuple[RangeSeries, ...]: ...
+
+    def time_range(self) -> tuple[float, float] | None: ...
+
+
+class LocalSource:
+    """History from the sidecar's embedded store, evaluated by ``tuner.promql.Engine``."""
+
+    def __init__(self, store: Store, lookback_delta: float = 300.0) -> None:
+        from tuner.promql import Engine
+
+        self.store = store
+        self.engine = Engine(reader=store, lookback_delta=lookback_delta)
+        self.description = f"store {store.path}"
+
+    def instant(self, expr: str, ts: float) -> QueryResult:
+        return self.engine.instant(expr, ts)
+
+    def range(self, expr: str, start: float, end: float, step: float) -> tuple[RangeSeries, ...]:
+        return tuple(self.engine.range(expr, start, end, step))
+
+    def time_range(self) -> tuple[float, float] | None:
+        rng = self.store.time_range()
+        if rng is None:
+            return None
+        return rng[0] / 1000.0, rng[1] / 1000.0
+
+
+# A probe for time_range(): series every vLLM and DCGM exporter has, cheap to scan.
+TIME_RANGE_PROBE = (
+    '{__name__=~"vllm:num_requests_running|vllm:num_requests_waiting|DCGM_FI_DEV_GPU_UTIL"}'
+)
+
+
+def _float(value: Any) -> float:
+    """Prometheus sends sample values as strings ("1.5", "NaN", "+Inf")."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+class PrometheusSource:
+    """History from a Prometheus server's HTTP API (``/api/v1/query``, ``/query_range``).
+
+    ``session`` is a ``requests.Session`` (passed in so callers control proxies, TLS and
+    retries); by default a fresh session that ignores proxy environment variables.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 30.0,
+        session: requests.Session | None = None,
+        headers: Mapping[str, str] | None = None,
+        clock: Any = None,
+    ) -> None:
+        import requests
+        from prometheus_api_client import PrometheusConnect
+
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        if session is None:
+            session = requests.Session()
+            session.trust_env = False
+        self.session = session
+        self.description = f"prometheus {self.url}"
+        self._clock = clock
+        self._client = PrometheusConnect(
+            url=self.url,
+            headers=dict(headers) if headers else None,
+            disable_ssl=False,
+            session=session,
+            timeout=math.ceil(timeout),
+        )
+
+    # -- errors ------------------------------------------------------------------------
+
+    def _fail(self, what: str, exc: BaseException) -> SourceError:
+        import requests
+        from prometheus_api_client.exceptions import PrometheusApiClientException
+
+        if isinstance(exc, requests.ConnectionError):
+            return SourceError(f"Prometheus at {self.url} is unreachable ({what}): {exc}")
+        if isinstance(exc, requests.Timeout):
+            return SourceError(
+                f"Prometheus at {self.url} did not answer within {self.timeout:g}s ({what})"
+            )
+        if isinstance(exc, PrometheusApiClientException):
+            return SourceError(f"Prometheus at {self.url} refused {what}: {exc}")
+        return SourceError(f"Prometheus at {self.url}: {what} failed: {exc}")
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        import requests
+        from prometheus_api_client.exceptions import PrometheusApiClientException
+
+        try:
+            return fn(*args, **kwargs)
+        except (requests.RequestException, PrometheusApiClientException, ValueError) as exc:
+            raise self._fail(what, exc) from None
+
+    # -- queries -----------------------------------------------------------------------
+
+    def instant(self, expr: str, ts: float) -> QueryResult:
+        from tuner.promql import Element, QueryResult, RangeSeries
+
+        data = self._call(
+            f"query {expr!r}", self._client.custom_query, expr, params={"time": f"{ts:.3f}"}
+        )
+        # custom_query returns data.result only; its shape tells the result type.
+        if isinstance(data, list) and len(data) == 2 and not isinstance(data[0], dict):
+            if isinstance(data[1], str) and _is_number(data[1]):
+                return QueryResult(kind="scalar", scalar=_float(data[1]))
+            return QueryResult(kind="string", scalar=None)
+        items = list(data or [])
+        if items and "values" in items[0]:
+            matrix = tuple(
+                RangeSeries(
+                    dict(item.get("metric", {})),
+                    np.array([float(p[0]) for p in item["values"]], dtype=np.float64),
+                    np.array([_float(p[1]) for p in item["values"]], dtype=np.float64),
+                )
+                for item in items
+            )
+            return QueryResult(kind="matrix", matrix=matrix)
+        vector = tuple(
+            Element(dict(item.get("metric", {})), _float(item["value"][1])) for item in items
+        )
+        return QueryResult(kind="vector", vector=vector)
+
+    def range(self, expr: str, start: float, end: float, step: float) -> tuple[RangeSeries, ...]:
+        from tuner.promql import RangeSeries
+
+        # custom_query_range rounds start/end to whole seconds; ask for whole seconds.
+        data = self._call(
+            f"range query {expr!r}",
+            self._client.custom_query_range,
+            expr,
+            start_time=datetime.fromtimestamp(round(start), UTC),
+            end_time=datetime.fromtimestamp(round(end), UTC),
+            step=f"{step:g}s",
+        )
+        out = []
+        for item in data or []:
+            values = item.get("values") or []
+            if not values:
+                continue
+            out.append(
+                RangeSeries(
+                    dict(item.get("metric", {})),
+                    np.array([float(p[0]) for p in values], dtype=np.float64),
+                    np.array([_float(p[1]) for p in values], dtype=np.float64),
+                )
+            )
+        return tuple(out)
+
+    def time_range(
+        self,
+        probe: str = TIME_RANGE_PROBE,
+        lookback: float = 90 * 86400.0,
+        now: float | None = None,
+    ) -> tuple[float, float] | None:
+        """Oldest and newest sample of ``probe`` within ``lookback`` of ``now`` (±5 minutes).
+
+        Uses a subquery at 5-minute resolution, which every Prometheus since 2.7 answers.
+        """
+        if now is None:
+            now = self._clock() if self._clock is not None else datetime.now(UTC).timestamp()
+        lb = f"{int(lookback)}s"
+        oldest = self.instant(f"min(min_over_time(timestamp({probe})[{lb}:5m]))", now)
+        newest = self.instant(f"max(max_over_time(timestamp({probe})[{lb}:5m]))", now)
+        if not oldest.vector or not newest.vector:
+            return None
+        lo, hi = oldest.vector[0].value, newest.vector[0].value
+        if math.isnan(lo) or math.isnan(hi):
+            return None
+        return float(lo), float(hi)
+
+    def check(self) -> None:
+        """Raise SourceError unless the server answers its readiness endpoint."""
+        resp = self._call(
+            "GET /-/ready", self.session.get, f"{self.url}/-/ready", timeout=self.timeout
+        )
+        if resp.status_code != 200:
+            raise SourceError(
+                f"Prometheus at {self.url} is not ready: HTTP {resp.status_code} "
+                f"{resp.text[:200]!r}"
+            )
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def open_source(
+    store: Store | None, prometheus_url: str | None, timeout: float = 30.0
+) -> Source:
+    """The source a command should read: Prometheus when a URL is given, else the store."""
+    if prometheus_url:
+        src = PrometheusSource(prometheus_url, timeout=timeout)
+        src.check()
+        return src
+    if store is None:
+        raise SourceError("no history source: give --prometheus URL or a config with a store")
+    return LocalSource(store)
+
+
+def label_key(labels: Mapping[str, str], keys: Sequence[str]) -> tuple[str, ...]:
+    """The values of ``keys`` in ``labels`` ("" when absent), for grouping series."""
+    return tuple(labels.get(k, "") for k in keys)

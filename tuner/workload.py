@@ -1,0 +1,210 @@
+"""Workload fingerprint of a window: what production actually asked of a vLLM server.
+
+``fingerprint(source, start, end, selector)`` reads vLLM's own histograms and counters over
+the window and returns a JSON-ready dict (``WORKLOAD_VERSION`` 1)::
+
+    {
+      "version": 1,
+      "window": {"start": "2026-11-20T00:00:00Z", "end": "...", "seconds": 86400.0},
+      "instances": ["vllm-0"],
+      "requests": 123456.0,                       # finished requests in the window
+      "request_rate_per_s": 1.43,                 # mean over the window
+      "peak_request_rate_per_s": 12.0,            # the busiest clock hour
+      "request_rate_by_hour": [{"start": "2026-11-20T00:00:00Z", "requests_per_s": 0.2}, ...],
+      "prompt_tokens": LENGTHS,                   # from vllm:request_prompt_tokens
+      "output_tokens": LENGTHS,                   # from vllm:request_generation_tokens
+      "prefix_cache_hit_rate": 0.35,              # hits / queries (tokens); null if unknown
+      "speculative_decoding": {"used": true, "acceptance_rate": 0.027,
+                               "mean_acceptance_length": 1.08, "num_speculative_tokens": 3}
+    }
+
+    LENGTHS = {"count": 123456.0, "mean": 331.0, "p50": 300.0, "p90": 650.0, "p99": 1200.0,
+               "max": 2000.0,     # upper bound of the highest non-empty bucket
+               "buckets": [{"lo": 200.0, "hi": 500.0, "p": 0.61}, ...]}   # p sums to 1
+
+``buckets`` is the empirical length distribution: the share of requests whose length fell
+in ``(lo, hi]`` (the window's increase of each cumulative bucket, differenced). A load
+generator draws a bucket with probability ``p`` and a length uniformly inside it; the top
+bucket (``+Inf``) is reported with ``hi`` equal to ``lo`` (lengths never exceed
+max-model-len, which vLLM uses as the last finite bound). Quantiles interpolate linearly
+inside buckets, as ``histogram_quantile`` does. Counter resets inside the window are
+handled by ``increase``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from tuner.config import format_duration
+from tuner.signals import mean_acceptance_length
+
+WORKLOAD_VERSION = 1
+
+
+def iso(ts: float) -> str:
+    """Unix seconds -> ``2026-11-20T14:00:00Z``."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def length_distribution(cumulative: Mapping[float, float]) -> dict[str, Any] | None:
+    """An empirical distribution from cumulative bucket counts ``{le: count}`` (+Inf = inf).
+
+    Returns None when the histogram saw no requests. Non-monotonic input (a bucket that
+    grew less than a lower one, e.g. across a reset) is repaired as Prometheus does.
+    """
+    bounds = sorted(cumulative)
+    if not bounds:
+        return None
+    counts: list[float] = []
+    running = 0.0
+    for le in bounds:
+        running = max(running, float(cumulative[le]) if math.isfinite(cumulative[le]) else 0.0)
+        counts.append(running)
+    total = counts[-1]
+    if total <= 0:
+        return None
+    buckets = []
+    prev_le, prev_c = 0.0, 0.0
+    top_finite = max((b for b in bounds if math.isfinite(b)), default=0.0)
+    for le, c in zip(bounds, counts, strict=True):
+        n = c - prev_c
+        hi = le if math.isfinite(le) else top_finite
+        if n > 0:
+            buckets.append({"lo": prev_le, "hi": hi, "p": n / total})
+        prev_le, prev_c = hi, c
+    nonempty = [b for b in buckets if b["p"] > 0]
+    out: dict[str, Any] = {
+        "count": total,
+        "p50": _bucket_quantile(0.5, bounds, counts),
+        "p90": _bucket_quantile(0.9, bounds, counts),
+        "p99": _bucket_quantile(0.99, bounds, counts),
+        "max": nonempty[-1]["hi"] if nonempty else 0.0,
+        "buckets": buckets,
+    }
+    return out
+
+
+def _bucket_quantile(q: float, bounds: Sequence[float], counts: Sequence[float]) -> float:
+    total = counts[-1]
+    rank = q * total
+    prev_le, prev_c = 0.0, 0.0
+    for le, c in zip(bounds, counts, strict=True):
+        if c >= rank and c > prev_c:
+            if not math.isfinite(le):
+                return prev_le
+            return prev_le + (le - prev_le) * (rank - prev_c) / (c - prev_c)
+        prev_le, prev_c = (le if math.isfinite(le) else prev_le), c
+    return prev_le
+
+
+def _le(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.inf
+
+
+def _grouped(result: Any, key: str = "instance") -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for el in getattr(result, "vector", ()):
+        out.setdefault(el.labels.get(key, ""), []).append(el)
+    return out
+
+
+def fingerprint(
+    source: Any,
+    start: float,
+    end: float,
+    selector: str = "",
+    instance: str | None = None,
+) -> dict[str, Any]:
+    """The workload fingerprint of ``[start, end]`` (all selected servers, or one instance)."""
+    seconds = max(end - start, 1.0)
+    w = format_duration(seconds)
+    sel = selector
+    if instance is not None:
+        inner = selector.strip()[1:-1].strip().rstrip(",") if selector else ""
+        extra = f'instance="{instance}"'
+        sel = "{" + (f"{inner}, {extra}" if inner else extra) + "}"
+
+    def instant(expr: str) -> Any:
+        return source.instant(expr, end)
+
+    def scalar_sum(expr: str) -> float | None:
+        res = instant(expr)
+        vals = [el.value for el in getattr(res, "vector", ()) if math.isfinite(el.value)]
+        return float(sum(vals)) if vals else None
+
+    lengths: dict[str, dict[str, Any] | None] = {}
+    for key, metric in (("prompt_tokens", "vllm:request_prompt_tokens"),
+                        ("output_tokens", "vllm:request_generation_tokens")):
+        res = instant(f"sum by (le) (increase({metric}_bucket{sel}[{w}]))")
+        cumulative = {_le(el.labels.get("le", "+Inf")): el.value
+                      for el in getattr(res, "vector", ())}
+        dist = length_distribution(cumulative)
+        if dist is not None:
+            total_sum = scalar_sum(f"sum(increase({metric}_sum{sel}[{w}]))")
+            total_count = scalar_sum(f"sum(increase({metric}_count{sel}[{w}]))")
+            dist["mean"] = (
+                total_sum / total_count if total_sum is not None and total_count else None
+            )
+        lengths[key] = dist
+
+    requests = scalar_sum(f"sum(increase(vllm:request_success_total{sel}[{w}]))")
+    by_hour = []
+    first_hour = math.ceil(start / 3600.0) * 3600.0
+    if end - first_hour >= 3600.0:
+        series = source.range(
+            f"sum(increase(vllm:request_success_total{sel}[1h]))",
+            first_hour + 3600.0, end, 3600.0,
+        )
+        for s in series[:1]:
+            for ts, v in zip(s.timestamps.tolist(), s.values.tolist(), strict=True):
+                if math.isfinite(v):
+                    by_hour.append({"start": iso(ts - 3600.0), "requests_per_s": v / 3600.0})
+
+    hits = scalar_sum(
+        f"sum(increase(vllm:prefix_cache_hits_total{sel}[{w}]))"
+        f" or sum(increase(vllm:gpu_prefix_cache_hits_total{sel}[{w}]))")
+    queries = scalar_sum(
+        f"sum(increase(vllm:prefix_cache_queries_total{sel}[{w}]))"
+        f" or sum(increase(vllm:gpu_prefix_cache_queries_total{sel}[{w}]))")
+    drafts = scalar_sum(f"sum(increase(vllm:spec_decode_num_drafts_total{sel}[{w}]))")
+    draft_tokens = scalar_sum(f"sum(increase(vllm:spec_decode_num_draft_tokens_total{sel}[{w}]))")
+    accepted = scalar_sum(f"sum(increase(vllm:spec_decode_num_accepted_tokens_total{sel}[{w}]))")
+    positions = scalar_sum(
+        f"max(count by (instance) (vllm:spec_decode_num_accepted_tokens_per_pos_total{sel}))")
+    spec_used = bool(draft_tokens)
+    instances = sorted(_grouped(instant(f"count by (instance) (vllm:num_requests_running{sel})")))
+
+    return {
+        "version": WORKLOAD_VERSION,
+        "window": {"start": iso(start), "end": iso(end), "seconds": end - start},
+        "instances": instances,
+        "requests": requests,
+        "request_rate_per_s": requests / seconds if requests is not None else None,
+        "peak_request_rate_per_s": (
+            max(h["requests_per_s"] for h in by_hour) if by_hour else None
+        ),
+        "request_rate_by_hour": by_hour,
+        "prompt_tokens": lengths["prompt_tokens"],
+        "output_tokens": lengths["output_tokens"],
+        "prefix_cache_hit_rate": (
+            hits / queries if hits is not None and queries else None
+        ),
+        "speculative_decoding": {
+            "used": spec_used,
+            "acceptance_rate": (
+                accepted / draft_tokens if spec_used and accepted is not None and draft_tokens
+                else None
+            ),
+            "mean_acceptance_length": (
+                mean_acceptance_length(accepted or 0.0, drafts) if spec_used and drafts
+                else None
+            ),
+            "num_speculative_tokens": int(positions) if spec_used and positions else None,
+        },
+    }
