@@ -220,6 +220,12 @@ def attainment(metric: str, bound: float, window: str = RI, old: str | None = No
     return f"{part(metric)} or {part(old)}" if old else part(metric)
 
 
+def _join(expr: str) -> str:
+    """Copy the label named by ``$join_label`` into ``join``: a variable cannot name a label
+    in ``by``/``on``, but it can be label_replace's source label."""
+    return f'label_replace({expr}, "join", "$1", "$join_label", "(.*)")'
+
+
 def _query_var(name: str, label: str, query: str, *, multi: bool = True) -> dict[str, Any]:
     return {
         "name": name,
@@ -735,7 +741,9 @@ def gpu() -> Dashboard:
     def dcgm(metric: str, agg: str = "avg") -> str:
         return f"{agg} by (instance, gpu) ({metric}{{{D}}})"
 
-    j = "$join_label"
+    gen = f"rate(vllm:generation_tokens_total{{{V}}}[{RI}])"
+    util = f"DCGM_FI_DEV_GPU_UTIL{{{D}}}"
+    power = f"DCGM_FI_DEV_POWER_USAGE{{{D}}}"
     return Dashboard(
         uid="tuner-gpu",
         title="GPU (DCGM) and vLLM",
@@ -823,29 +831,26 @@ def gpu() -> Dashboard:
                         "Output tokens/s per GPU-utilization percent",
                         (
                             Query(
-                                f"sum by ({j}) (rate(vllm:generation_tokens_total{{{V}}}[{RI}])) "
-                                f"/ on({j}) clamp_min("
-                                f"sum by ({j}) (DCGM_FI_DEV_GPU_UTIL{{{D}}}), 1)",
-                                "{{" + j + "}}",
+                                f"sum by (join) ({_join(gen)}) / on(join) "
+                                f"clamp_min(sum by (join) ({_join(util)}), 1)",
+                                "{{join}}",
                             ),
                         ),
                         description="vLLM output tokens per second divided by summed GPU "
-                        "utilization, joined on $join_label.",
+                        "utilization (%), joined on the label chosen in $join_label.",
                     ),
                     Panel(
                         "Energy per output token",
                         (
                             Query(
-                                f"sum by ({j}) (DCGM_FI_DEV_POWER_USAGE{{{D}}}) "
-                                f"/ on({j}) clamp_min("
-                                f"sum by ({j}) "
-                                f"(rate(vllm:generation_tokens_total{{{V}}}[{RI}])), 0.001)",
-                                "{{" + j + "}}",
+                                f"sum by (join) ({_join(power)}) / on(join) "
+                                f"clamp_min(sum by (join) ({_join(gen)}), 0.001)",
+                                "{{join}}",
                             ),
                         ),
                         unit="joule",
-                        description="GPU power (W) divided by output tokens per "
-                        "second, joined on $join_label.",
+                        description="GPU power (W) divided by output tokens per second, "
+                        "joined on the label chosen in $join_label.",
                     ),
                 ),
             ),
@@ -1154,4 +1159,4 @@ def substitute(expr: str, values: Mapping[str, str]) -> str:
             raise KeyError(f"no value for dashboard variable ${name} in {expr!r}")
         return values[name]
 
-    return re.sub(r"\$\{(\w+)\}|\$(\w+)", repl, expr)
+    return re.sub(r"\$\{([A-Za-z_]\w*)\}|\$([A-Za-z_]\w*)", repl, expr)
