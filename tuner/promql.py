@@ -242,7 +242,7 @@ _ARITHMETIC = {"+", "-", "*", "/", "%", "^"}
 
 # -- lexer -----------------------------------------------------------------------------------
 
-_DURATION_RE = re.compile(r"(?:\d+(?:ms|y|w|d|h|m|s))+(?![A-Za-z0-9_:])")
+_DURATION_RE = re.compile(r"(?:\d+(?:ms|y|w|d|h|m|s))+(?![A-Za-z0-9_])")
 _DURATION_PART_RE = re.compile(r"(\d+)(ms|y|w|d|h|m|s)")
 _NUMBER_RE = re.compile(
     r"0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
@@ -558,7 +558,9 @@ class _Parser:
                 d = self.next()
                 if d.kind != "duration":
                     raise self.error("expected a duration in range selector", d)
-                if self.at_op(":"):
+                nxt = self.peek()
+                if (nxt.kind == "op" and nxt.text == ":") or (
+                        nxt.kind == "ident" and nxt.text.startswith(":")):
                     raise self.error("subqueries are not supported", t)
                 self.expect_op("]", "to close a range selector")
                 if not isinstance(e, VectorSelector):
