@@ -81,6 +81,47 @@ def _cmd_provision(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_suggest(sub: Any) -> None:
+    p = sub.add_parser(
+        "suggest", help="flag recommendations with evidence from the last window of metrics"
+    )
+    p.add_argument("--since", default="24h", help="window length, e.g. 10m, 24h, 7d (default: 24h)")
+    p.add_argument("--until", default=None,
+                   help="window end: now, unix seconds, ISO 8601, or a duration ago (default: now)")
+    p.add_argument("--config", "-c", default=None,
+                   help="tuner.yaml (store, SLOs, cost, launch flags; default: ./tuner.yaml)")
+    p.add_argument("--prometheus", default=None,
+                   help="read history from this Prometheus (fleet mode) instead of the store")
+    p.add_argument("--selector", default=None, help="vLLM series to consider, e.g. "
+                   "'{model_name=\"x\"}'")
+    p.add_argument("--format", choices=("table", "json", "markdown"), default="table")
+    p.set_defaults(handler=_cmd_suggest)
+
+
+def _cmd_suggest(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tuner.config import load_config
+    from tuner.errors import ConfigError
+    from tuner.report import render_suggest_markdown, render_suggest_table
+    from tuner.suggest import check_arguments, run_suggest
+
+    check_arguments(args.since, args.until, args.selector)
+    path = args.config or ("tuner.yaml" if Path("tuner.yaml").exists() else None)
+    if path is None and not args.prometheus:
+        raise ConfigError("suggest: no --config given and no ./tuner.yaml here; "
+                          "give --config FILE (the sidecar's store) or --prometheus URL")
+    config = load_config(path) if path else None
+    report = run_suggest(config, args.since, args.until, args.prometheus, args.selector)
+    if args.format == "json":
+        print(json.dumps(report, indent=2, sort_keys=True))
+    elif args.format == "markdown":
+        print(render_suggest_markdown(report), end="")
+    else:
+        print(render_suggest_table(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tuner",
@@ -94,7 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Subcommands register here; keep each one's parser next to its handler above.
-ADDERS: list[Callable[[Any], None]] = [_add_run, _add_status, _add_provision]
+ADDERS: list[Callable[[Any], None]] = [
+    _add_run,
+    _add_status,
+    _add_provision,
+    _add_suggest,
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

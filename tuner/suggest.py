@@ -1008,3 +1008,9 @@ def latest_reports(store: Any) -> list[dict[str, Any]]:
     return [body for _, _, body in reversed(store.documents("suggest_report"))]
 
 
+
+
+def check_arguments(since: str, until: str | None, selector: str | None) -> None:
+    """Validate --since/--until/--selector before anything is opened (raises SuggestError)."""
+    make_window(since, until, datetime.now(UTC).timestamp())
+    validate_selector(selector)
