@@ -81,6 +81,38 @@ def _cmd_provision(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_tune(sub: Any) -> None:
+    p = sub.add_parser("tune", help="Bayesian search over vLLM flags on canary servers")
+    p.add_argument("--config", "-c", required=True, help="tune.yaml")
+    p.add_argument("--trials", type=int, default=None, help="search trials (default: budget)")
+    p.add_argument("--resume", action="store_true", help="continue the search in --out")
+    p.add_argument("--out", default=None, help="output directory (default: the config's out)")
+    p.add_argument("--parallel", type=int, default=1, help="canaries at a time (default: 1)")
+    p.set_defaults(handler=_cmd_tune)
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tuner.report import TuneLiveView, write_tune_outputs
+    from tuner.tune import TuneOptions, load_tune_config, planned_total, run_tune
+
+    cfg = load_tune_config(args.config)
+    out = Path(args.out) if args.out else cfg.out
+    options = TuneOptions(out=out, trials=args.trials, resume=args.resume, parallel=args.parallel)
+    with TuneLiveView(cfg, planned_total(cfg, args.trials)) as view:
+        outcome = run_tune(cfg, options, observers=[view])
+    paths = write_tune_outputs(outcome, out)
+    if outcome.comparison is not None:
+        print(outcome.comparison.verdict)
+    elif outcome.winner is None:
+        print("no searched configuration met the SLO; see report.md for the closest ones")
+    print("best: " + " ".join(outcome.best_args))
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
 def _add_suggest(sub: Any) -> None:
     p = sub.add_parser(
         "suggest", help="flag recommendations with evidence from the last window of metrics"
@@ -138,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 ADDERS: list[Callable[[Any], None]] = [
     _add_run,
     _add_status,
+    _add_tune,
     _add_provision,
     _add_suggest,
 ]
