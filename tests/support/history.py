@@ -6,15 +6,16 @@ speculative-decoding acceptance, an over-provisioned day, a restart with differe
 counter resets, old (V0) metric names, missing metric families. ``build_points`` turns it
 into ``(name, labels, ts_ms, value)`` points with the exact names, labels and bucket bounds
 vLLM and DCGM export, deterministically (expected counts, no random noise), so the same
-history can go into the embedded store (``write_store``) and into a real Prometheus via
-OpenMetrics text (``write_openmetrics`` + ``promtool tsdb create-blocks-from openmetrics``).
+points go into the embedded store (``write_store``/``build_store``) and into a real
+Prometheus (``tests.support.prometheus``'s ``prometheus_factory(points=...)``, which
+backfills with ``promtool tsdb create-blocks-from openmetrics``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,8 +107,11 @@ class Scenario:
 
 
 def day_start(now: float) -> float:
-    """Midnight UTC at or before ``now`` minus one day: a full day that has already passed."""
-    return math.floor(now / 86400.0) * 86400.0 - 86400.0
+    """Midnight UTC starting a full day that ended at least 6 hours before ``now``.
+
+    Prometheus backfill needs data well in the past (blocks must not overlap its head).
+    """
+    return math.floor((now - 6 * 3600.0) / 86400.0) * 86400.0 - 86400.0
 
 
 def _regimes(sc: Scenario, hours: np.ndarray) -> list[Regime]:
@@ -291,36 +295,11 @@ def write_store(store: Any, points: Iterator[Point], batch: int = 200_000) -> in
     return total
 
 
-def _escape(v: str) -> str:
-    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def build_store(path: Path, *scenarios: Scenario, retention: float = 30 * 86400.0) -> Any:
+    """A fresh ``tuner.store.Store`` at ``path`` holding every scenario's points."""
+    from tuner.store import Store
 
-
-def write_openmetrics(path: Path, points: Iterator[Point]) -> int:
-    """OpenMetrics text for ``promtool tsdb create-blocks-from openmetrics``.
-
-    Every sample name is declared as its own ``unknown``-typed family (so ``_total`` and
-    ``_bucket`` names are kept verbatim); samples of a family are contiguous and each
-    series is in time order; timestamps in seconds; ``# EOF`` at the end.
-    """
-    by_name: dict[str, list[Point]] = {}
-    for p in points:
-        by_name.setdefault(p[0], []).append(p)
-    count = 0
-    with path.open("w") as fh:
-        for metric, pts in by_name.items():
-            fh.write(f"# TYPE {metric} unknown\n")
-            for _, labels, ts, value in pts:
-                lab = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-                fh.write(f"{metric}{{{lab}}} {value!r} {ts / 1000:.3f}\n")
-                count += 1
-        fh.write("# EOF\n")
-    return count
-
-
-@dataclass
-class Built:
-    """A scenario written somewhere, with its point count."""
-
-    scenario: Scenario
-    points: int = 0
-    notes: list[str] = field(default_factory=list)
+    store = Store(path, retention=retention)
+    for sc in scenarios:
+        write_store(store, build_points(sc))
+    return store

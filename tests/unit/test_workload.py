@@ -1,0 +1,86 @@
+"""Workload fingerprint: empirical length distributions, hourly rates, prefix and spec use."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.history import Scenario, build_store, day_start
+from tuner.source import LocalSource
+from tuner.workload import fingerprint, length_distribution
+
+START = day_start(time.time())
+
+
+def test_length_distribution_from_cumulative_buckets() -> None:
+    dist = length_distribution({100.0: 10.0, 200.0: 60.0, 500.0: 100.0, math.inf: 100.0})
+    assert dist is not None
+    assert dist["count"] == 100.0
+    assert [(b["lo"], b["hi"]) for b in dist["buckets"]] == [(0.0, 100.0), (100.0, 200.0),
+                                                             (200.0, 500.0)]
+    assert sum(b["p"] for b in dist["buckets"]) == pytest.approx(1.0)
+    assert dist["buckets"][1]["p"] == pytest.approx(0.5)
+    # the median lies 40/50 of the way through (100, 200]
+    assert dist["p50"] == pytest.approx(180.0)
+    assert dist["max"] == 500.0
+
+
+def test_length_distribution_top_bucket_and_repair() -> None:
+    # a lower bucket larger than a higher one (torn read) is repaired, not negative
+    dist = length_distribution({10.0: 5.0, 20.0: 4.0, math.inf: 8.0})
+    assert dist is not None
+    assert all(b["p"] >= 0 for b in dist["buckets"])
+    assert dist["buckets"][-1]["hi"] == 20.0  # +Inf reported at the last finite bound
+    assert length_distribution({10.0: 0.0, math.inf: 0.0}) is None
+    assert length_distribution({}) is None
+
+
+@pytest.fixture(scope="module")
+def day_store(tmp_path_factory: pytest.TempPathFactory):
+    sc = Scenario(start=START, step=60.0)
+    store = build_store(Path(tmp_path_factory.mktemp("wl")) / "s.db", sc)
+    yield sc, store
+    store.close()
+
+
+def test_fingerprint_of_a_day(day_store) -> None:
+    sc, store = day_store
+    fp = fingerprint(LocalSource(store), sc.start, sc.end)
+    json.dumps(fp)  # JSON-ready
+    assert fp["version"] == 1
+    assert fp["instances"] == ["vllm-0"]
+    hours = fp["request_rate_by_hour"]
+    assert len(hours) == 24
+    by_start = {h["start"][11:13]: h["requests_per_s"] for h in hours}
+    assert by_start["03"] == pytest.approx(0.2, rel=0.05)  # quiet night
+    assert by_start["10"] == pytest.approx(5.0, rel=0.05)  # busy day
+    assert by_start["14"] == pytest.approx(12.0, rel=0.05)  # storm
+    assert fp["peak_request_rate_per_s"] == pytest.approx(12.0, rel=0.05)
+    p = fp["prompt_tokens"]
+    # lognormal with median 300 tokens: the bucket-interpolated median lands in (200, 500]
+    assert 200 < p["p50"] <= 500
+    assert p["mean"] == pytest.approx(300 * math.exp(0.6**2 / 2), rel=0.02)
+    assert sum(b["p"] for b in p["buckets"]) == pytest.approx(1.0)
+    assert fp["output_tokens"]["p50"] < p["p50"]
+    assert fp["prefix_cache_hit_rate"] == pytest.approx(0.35, rel=1e-3)
+    spec = fp["speculative_decoding"]
+    assert spec["used"] is True
+    assert spec["mean_acceptance_length"] == pytest.approx(1.08, rel=1e-3)
+    assert spec["num_speculative_tokens"] == 3
+    assert spec["acceptance_rate"] == pytest.approx(0.08 / 3, rel=1e-3)
+
+
+def test_fingerprint_without_spec_decode_or_prefix_cache(tmp_path: Path) -> None:
+    sc = Scenario(start=START, hours=3.0, step=60.0, spec_k=0, prefix_hit_rate=0.0,
+                  storm=None, quiet_nights=None)
+    with build_store(tmp_path / "s.db", sc) as store:
+        fp = fingerprint(LocalSource(store), sc.start, sc.end)
+    assert fp["speculative_decoding"] == {"used": False, "acceptance_rate": None,
+                                          "mean_acceptance_length": None,
+                                          "num_speculative_tokens": None}
+    assert fp["prefix_cache_hit_rate"] is None
+    assert fp["request_rate_per_s"] == pytest.approx(5.0, rel=0.02)
