@@ -232,12 +232,14 @@ def render_alertmanager_config(webhook_url: str = WEBHOOK_EXAMPLE) -> dict[str, 
             {
                 # A critical alert mutes the warnings of the same family on the same instance
                 # (e.g. VllmTTFTBurnRateCritical mutes VllmTTFTBurnRateWarning there).
-                "source_matchers": ['severity="critical"'],
+                # Only alerts that carry a family inhibit: without the label, "equal" would
+                # treat two unrelated alerts (both without family) as the same family.
+                "source_matchers": ['severity="critical"', 'family=~".+"'],
                 "target_matchers": ['severity="warning"'],
                 "equal": ["instance", "family"],
             },
             {
-                "source_matchers": ['severity=~"critical|warning"'],
+                "source_matchers": ['severity=~"critical|warning"', 'family=~".+"'],
                 "target_matchers": ['severity="info"'],
                 "equal": ["instance", "family"],
             },

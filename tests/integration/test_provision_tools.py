@@ -254,14 +254,18 @@ def alertmanager(provisioned: Path, tmp_path: Path) -> Iterator[str]:
 
 def test_critical_inhibits_warning_of_same_family_and_instance(alertmanager: str) -> None:
     def alert(name: str, severity: str, family: str, instance: str) -> dict[str, Any]:
-        return {"labels": {"alertname": name, "severity": severity, "family": family,
-                           "instance": instance}, "annotations": {"summary": name}}
+        labels = {"alertname": name, "severity": severity, "instance": instance}
+        if family:
+            labels["family"] = family
+        return {"labels": labels, "annotations": {"summary": name}}
 
     sent = [
         alert("VllmTTFTBurnRateCritical", "critical", "ttft_slo", "a"),
         alert("VllmTTFTBurnRateWarning", "warning", "ttft_slo", "a"),   # inhibited
         alert("VllmTTFTBurnRateWarning", "warning", "ttft_slo", "b"),   # other instance
         alert("VllmQueueTimeHigh", "warning", "queue", "a"),            # other family
+        alert("VllmEngineStalled", "critical", "", "c"),                # no family:
+        alert("VllmQueueTimeHigh", "warning", "", "c"),                 # inhibits nothing
     ]
     with httpx.Client(base_url=alertmanager, timeout=10, trust_env=False) as client:
         client.post("/api/v2/alerts", json=sent).raise_for_status()
@@ -271,13 +275,14 @@ def test_critical_inhibits_warning_of_same_family_and_instance(alertmanager: str
             got = client.get("/api/v2/alerts").json()
             state = {(a["labels"]["alertname"], a["labels"]["instance"]):
                      a["status"]["inhibitedBy"] for a in got}
-            if len(state) == 4 and state[("VllmTTFTBurnRateWarning", "a")]:
+            if len(state) == 6 and state[("VllmTTFTBurnRateWarning", "a")]:
                 break
             time.sleep(0.5)
     assert state[("VllmTTFTBurnRateWarning", "a")], state
     assert state[("VllmTTFTBurnRateWarning", "b")] == []
     assert state[("VllmQueueTimeHigh", "a")] == []
     assert state[("VllmTTFTBurnRateCritical", "a")] == []
+    assert state[("VllmQueueTimeHigh", "c")] == []
 
 
 def test_systemd_unit_verifies(tmp_path: Path) -> None:
