@@ -154,6 +154,85 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_rules(sub: Any) -> None:
+    p = sub.add_parser("rules", help="check rule files, run rule unit tests (promtool format)")
+    rsub = p.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
+    t = rsub.add_parser("test", help="run promtool-format rule unit tests with tuner's evaluator")
+    t.add_argument("files", nargs="+", metavar="FILE", help="unit-test files (globs allowed)")
+    t.set_defaults(handler=_cmd_rules_test)
+    c = rsub.add_parser("check", help="validate rule files (tuner's subset; promtool if installed)")
+    c.add_argument("files", nargs="+", metavar="FILE", help="rule files (globs allowed)")
+    c.add_argument("--no-promtool", action="store_true", help="skip promtool even if installed")
+    c.set_defaults(handler=_cmd_rules_check)
+
+
+def _cmd_rules_test(args: argparse.Namespace) -> int:
+    from tuner.rules import run_test_files
+
+    failed = 0
+    for res in run_test_files(args.files):
+        print(f"Unit Testing:  {res.path}")
+        if res.ok:
+            print(f"  SUCCESS ({res.tests} test groups)")
+        else:
+            failed += 1
+            print("  FAILED:")
+            for f in res.failures:
+                print(f"    {f}")
+        print()
+    return 1 if failed else 0
+
+
+def _cmd_rules_check(args: argparse.Namespace) -> int:
+    from tuner.rules import check_rule_files
+
+    failed = 0
+    for res in check_rule_files(args.files, use_promtool=not args.no_promtool):
+        print(f"Checking {res.path}")
+        print(f"  {'SUCCESS' if res.ok else 'FAILED'}: {res.message}")
+        if res.promtool is None and not args.no_promtool:
+            print("  (promtool not installed: checked with tuner's evaluator only)")
+        failed += not res.ok
+    return 1 if failed else 0
+
+
+def _add_alerts(sub: Any) -> None:
+    p = sub.add_parser("alerts", help="list current alert states (pending, firing, resolved)")
+    p.add_argument("--config", "-c", default="tuner.yaml", help="tuner.yaml (default: %(default)s)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(handler=_cmd_alerts)
+
+
+def _cmd_alerts(args: argparse.Namespace) -> int:
+    import time
+
+    from tuner.config import load_config
+    from tuner.report import render_table
+    from tuner.rules import read_alert_states
+    from tuner.store import Store
+
+    config = load_config(args.config)
+    with Store(config.store.path, read_only=True) as store:
+        alerts = read_alert_states(store)
+    if args.format == "json":
+        print(json.dumps([a.to_json() for a in alerts], indent=2, sort_keys=True))
+        return 0
+    if not alerts:
+        print("no alerts")
+        return 0
+    now = time.time()
+    rows = []
+    for a in alerts:
+        since = a.resolved_at if a.state == "resolved" else a.active_at
+        labels = ",".join(f"{k}={v}" for k, v in sorted(a.labels.items())
+                          if k not in ("alertname", "severity"))
+        rows.append([a.alertname, a.state, a.labels.get("severity", ""),
+                     f"{max(0.0, now - since):.0f}s ago", labels,
+                     a.annotations.get("summary", "")])
+    print(render_table(["ALERT", "STATE", "SEVERITY", "SINCE", "LABELS", "SUMMARY"], rows))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tuner",
@@ -173,6 +252,8 @@ ADDERS: list[Callable[[Any], None]] = [
     _add_tune,
     _add_provision,
     _add_suggest,
+    _add_rules,
+    _add_alerts,
 ]
 
 
