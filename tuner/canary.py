@@ -163,8 +163,9 @@ OOM_PATTERNS: tuple[re.Pattern[str], ...] = tuple(
         r"not enough (?:KV cache|memory)",
         r"needs? at least \d+ blocks",
         r"num_gpu_blocks.{0,40}(?:too small|insufficient)",
-        r"increase `?gpu_memory_utilization`?",
-        r"decrease `?max_model_len`?",
+        r"increas(?:e|ing) `?gpu_memory_utilization`?",
+        r"Available memory on node .* is less than desired",
+        r"decrease `?--gpu-memory-utilization`?",
         r"exceeds the (?:available|total) memory",
     )
 )
@@ -175,6 +176,24 @@ def detect_oom(log_text: str) -> str | None:
     for line in log_text.splitlines():
         if any(p.search(line) for p in OOM_PATTERNS):
             return line.strip()
+    return None
+
+
+#: Error lines that only point elsewhere ("see root cause above"); never the cause itself.
+_GENERIC_ERRORS = re.compile(
+    r"Engine core initialization failed|WorkerProc initialization failed|"
+    r"See (?:root cause|stack trace)|Found ulimit|Too many open files`", re.IGNORECASE)
+_ERROR_LINE = re.compile(
+    r"(?:^|\] |: )((?:[A-Za-z_][\w.]*(?:Error|Exception|Interrupt)): .+|"
+    r"[\w.-]+\.py: error: .+|std::bad_alloc.*|Killed)\s*$")
+
+
+def root_cause(log_text: str) -> str | None:
+    """The first specific error line of a failed start (exception or argparse error), if any."""
+    for line in log_text.splitlines():
+        m = _ERROR_LINE.search(line)
+        if m and not _GENERIC_ERRORS.search(line):
+            return m.group(1).strip()
     return None
 
 
@@ -393,10 +412,10 @@ class LocalCanary:
             code = proc.poll()
             if code is not None:
                 tail = self.log_tail()
-                text = read_tail(self.log_path, 400)
+                text = read_tail(self.log_path, 2000, max_bytes=2_000_000)
                 reason = failure_reason(text, code)
-                oom = detect_oom(text)
-                why = f"process exited with code {code}" + (f"; {oom}" if oom else "")
+                cause = root_cause(text) or detect_oom(text)
+                why = f"process exited with code {code}" + (f"; {cause}" if cause else "")
                 raise CanaryFailed(reason, why, tail)
             if _http_ok(health_url):
                 return
