@@ -76,10 +76,8 @@ class LocalSource:
         return rng[0] / 1000.0, rng[1] / 1000.0
 
 
-# A probe for time_range(): series every vLLM and DCGM exporter has, cheap to scan.
-TIME_RANGE_PROBE = (
-    '{__name__=~"vllm:num_requests_running|vllm:num_requests_waiting|DCGM_FI_DEV_GPU_UTIL"}'
-)
+# Probes for time_range(): series every vLLM and DCGM exporter has, cheap to scan.
+TIME_RANGE_PROBES = ("vllm:num_requests_running", "DCGM_FI_DEV_GPU_UTIL")
 
 
 def _float(value: Any) -> float:
@@ -206,25 +204,27 @@ class PrometheusSource:
 
     def time_range(
         self,
-        probe: str = TIME_RANGE_PROBE,
+        probes: Sequence[str] = TIME_RANGE_PROBES,
         lookback: float = 90 * 86400.0,
         now: float | None = None,
     ) -> tuple[float, float] | None:
-        """Oldest and newest sample of ``probe`` within ``lookback`` of ``now`` (±5 minutes).
+        """Oldest and newest sample of the ``probes`` within ``lookback`` of ``now`` (±5 min).
 
-        Uses a subquery at 5-minute resolution, which every Prometheus since 2.7 answers.
+        Uses a subquery at 5-minute resolution (one metric name per query, because
+        ``timestamp`` drops the name), which every Prometheus since 2.7 answers.
         """
         if now is None:
             now = self._clock() if self._clock is not None else datetime.now(UTC).timestamp()
         lb = f"{int(lookback)}s"
-        oldest = self.instant(f"min(min_over_time(timestamp({probe})[{lb}:5m]))", now)
-        newest = self.instant(f"max(max_over_time(timestamp({probe})[{lb}:5m]))", now)
-        if not oldest.vector or not newest.vector:
+        lows: list[float] = []
+        highs: list[float] = []
+        for probe in probes:
+            for agg, out in (("min", lows), ("max", highs)):
+                res = self.instant(f"{agg}({agg}_over_time(timestamp({probe})[{lb}:5m]))", now)
+                out.extend(e.value for e in res.vector if math.isfinite(e.value))
+        if not lows or not highs:
             return None
-        lo, hi = oldest.vector[0].value, newest.vector[0].value
-        if math.isnan(lo) or math.isnan(hi):
-            return None
-        return float(lo), float(hi)
+        return float(min(lows)), float(max(highs))
 
     def check(self) -> None:
         """Raise SourceError unless the server answers its readiness endpoint."""
