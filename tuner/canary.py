@@ -488,28 +488,65 @@ def _container_port(container: Mapping[str, Any]) -> int:
     return int(ports[0]["containerPort"]) if ports else 8000
 
 
+def parse_flag_args(args: Iterable[str]) -> tuple[list[str], dict[str, FlagValue]]:
+    """Container args -> (positionals, flags): ``--a=1 --b 2 --c`` -> {a: "1", b: "2", c: True}."""
+    positionals: list[str] = []
+    flags: dict[str, FlagValue] = {}
+    items = list(args)
+    i = 0
+    while i < len(items):
+        tok = str(items[i])
+        if tok.startswith("--"):
+            name, eq, value = tok[2:].partition("=")
+            if eq:
+                flags[name] = value
+            elif i + 1 < len(items) and not str(items[i + 1]).startswith("--"):
+                flags[name] = str(items[i + 1])
+                i += 1
+            else:
+                flags[name] = True
+        else:
+            positionals.append(tok)
+        i += 1
+    return positionals, flags
+
+
+def _referenced_volumes(containers: Iterable[Mapping[str, Any]]) -> set[str]:
+    return {m.get("name", "") for c in containers for m in c.get("volumeMounts") or []}
+
+
 def kubernetes_pod_manifest(spec: LaunchSpec, template: Mapping[str, Any], name: str,
                             labels: Mapping[str, str]) -> dict[str, Any]:
-    """A canary Pod: the template's vLLM container with the candidate args, canary labels.
+    """A canary Pod from a template (Pod, pod template, or the production Deployment).
 
-    The container keeps its image and ``command``; its ``args`` become the vLLM arguments
-    (``--model``, ``--host 0.0.0.0``, ``--port`` = the container port, then the flags);
-    ``spec.env`` is merged into the container env. Labels: the template's, then ``labels``,
-    then ``tuner.vllm/canary: "true"`` and ``tuner.vllm/role: canary`` (the production Service
+    Only the vLLM container (named ``vllm``, else the first) is kept, with the volumes it
+    mounts: a canary runs no sidecar. Its args are the template's vLLM args with the
+    candidate's overriding them: ``--model`` (the spec's, else the template's), ``--host
+    0.0.0.0``, ``--port`` = the container port, then every flag. The container keeps its image
+    and ``command`` (the image entrypoint if it has none; a non-default ``spec.command``
+    replaces it); ``spec.env`` is merged into its env. Labels: the template's, ``labels``,
+    ``tuner.vllm/canary: "true"`` and ``tuner.vllm/role: canary`` (the production Service
     selects ``tuner.vllm/role: serving``, so it never routes to a canary). Restart policy
     Never: a crashed canary is a failed trial, not something to restart.
     """
     meta, pod_spec = _pod_spec_of(template)
     container = _vllm_container(pod_spec)
+    pod_spec["containers"] = [container]
+    keep = _referenced_volumes([container, *(pod_spec.get("initContainers") or [])])
+    if pod_spec.get("volumes"):
+        pod_spec["volumes"] = [v for v in pod_spec["volumes"] if v.get("name") in keep]
     port = _container_port(container)
-    pod_launch = LaunchSpec(command=("vllm",), model=spec.model, flags=spec.flags, env=spec.env,
-                            host="0.0.0.0", served_model_name=spec.served_model_name)
-    argv = build_argv(pod_launch, port)[1:]
-    if not container.get("command") and spec.command and spec.command != DEFAULT_COMMAND:
+    positionals, base_flags = parse_flag_args(container.get("args") or [])
+    model = spec.model or str(base_flags.get("model") or (positionals[0] if positionals else ""))
+    served = spec.served_model_name or base_flags.get("served-model-name")
+    for key in (*RESERVED_FLAGS, "port", "host"):
+        base_flags.pop(key, None)
+    merged = {**base_flags, **{k.lstrip("-"): v for k, v in spec.flags.items()}}
+    pod_launch = LaunchSpec(command=("vllm",), model=model, flags=merged, host="0.0.0.0",
+                            served_model_name=str(served) if served else None)
+    container["args"] = build_argv(pod_launch, port)[1:]
+    if spec.command and spec.command != DEFAULT_COMMAND:
         container["command"] = list(spec.command)
-    elif not container.get("command"):
-        container["command"] = ["python3", "-m", "vllm.entrypoints.openai.api_server"]
-    container["args"] = argv
     if not container.get("ports"):
         container["ports"] = [{"name": "http", "containerPort": port}]
     env = [e for e in container.get("env") or [] if e.get("name") not in spec.env]

@@ -61,7 +61,8 @@ class LengthDist:
     - ``normal``: mean, std.
     - ``lognormal``: the distribution's own mean and std (not those of its logarithm).
     - ``empirical``: ``weights`` over ``values`` (points), or over buckets given by
-      ``edges`` (len(weights)+1 ascending bounds; a sample is uniform inside its bucket).
+      ``edges`` (len(weights)+1 ascending bounds; bucket i holds the integers in
+      (edges[i], edges[i+1]], as a Prometheus ``le`` bucket; a sample is uniform inside it).
     """
 
     kind: str
@@ -108,6 +109,18 @@ class LengthDist:
         elif len(self.values) != len(w):
             raise ConfigError(f"{where}: needs values (same length as weights) or edges")
 
+    @property
+    def max_length(self) -> int:
+        """An upper bound of the samples (8192 for unbounded normal/lognormal)."""
+        if self.high is not None:
+            return self.high
+        if self.kind == "fixed":
+            return max(self.low, round(self.mean))
+        if self.kind == "empirical":
+            top = max(self.edges) if self.edges else max(self.values)
+            return max(self.low, math.floor(top))
+        return 8192
+
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """``n`` integer token counts (int64 array)."""
         raw: np.ndarray
@@ -127,8 +140,10 @@ class LengthDist:
             p = p / p.sum()
             idx = rng.choice(len(p), size=n, p=p)
             if self.edges:
-                e = np.asarray(self.edges, dtype=float)
-                raw = rng.uniform(e[idx], e[idx + 1])
+                e = np.floor(np.asarray(self.edges, dtype=float)).astype(np.int64)
+                lo = e[idx] + 1
+                hi = np.maximum(lo, e[idx + 1])
+                raw = rng.integers(lo, hi + 1).astype(float)
             else:
                 raw = np.asarray(self.values, dtype=float)[idx]
         out = np.rint(raw)
@@ -286,7 +301,7 @@ class _Plan:
 
     def __post_init__(self) -> None:
         lo, hi = self.spec.token_id_range
-        longest = self.spec.prompt_tokens.high or 8192
+        longest = self.spec.prompt_tokens.max_length
         if self.spec.prefix_share > 0:
             self.shared_prefix = self.rng.integers(lo, hi, size=longest).tolist()
 
@@ -489,6 +504,8 @@ def _dist_from(where: str, raw: Any) -> LengthDist:
                           f"got {type(raw).__name__}")
     if "histogram" in raw:
         return _dist_from_histogram(where, raw["histogram"], raw)
+    if "buckets" in raw:
+        return _dist_from_buckets(where, raw["buckets"], raw)
     allowed = {"kind", "mean", "std", "low", "high", "values", "edges", "weights"}
     unknown = set(raw) - allowed
     if unknown:
@@ -507,6 +524,41 @@ def _dist_from(where: str, raw: Any) -> LengthDist:
         raise ConfigError(f"workload: {where}: {exc}") from exc
     except ConfigError as exc:
         raise ConfigError(f"workload: {where}: {exc}") from exc
+
+
+def _dist_from_buckets(where: str, buckets: Any, raw: Mapping[str, Any]) -> LengthDist:
+    """``tuner.workload`` LENGTHS: ``buckets = [{"lo", "hi", "p"}, ...]`` -> empirical.
+
+    Gaps between buckets get weight 0; a bucket with ``hi == lo`` (the +Inf bucket, reported
+    at the top finite bound) is the length ``lo``.
+    """
+    try:
+        items = sorted((float(b["lo"]), float(b["hi"]), float(b["p"])) for b in buckets)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ConfigError(f"workload: {where}.buckets must be a list of {{lo, hi, p}} "
+                          f"mappings ({exc})") from exc
+    items = [(lo, hi, p) for lo, hi, p in items if p > 0]
+    if not items:
+        raise ConfigError(f"workload: {where}.buckets has no bucket with p > 0")
+    edges: list[float] = [max(items[0][0], 0.0)]
+    weights: list[float] = []
+    for lo, hi, p in items:
+        if hi <= lo:  # the +Inf bucket, reported at the top finite bound: the point ``lo``
+            if weights and edges[-1] == lo and edges[-2] < lo - 1.0:
+                edges[-1] = lo - 1.0  # split the point off the bucket below
+            lo, hi = lo - 1.0, lo
+        if lo > edges[-1]:  # a gap of empty buckets
+            edges.append(lo)
+            weights.append(0.0)
+        if hi <= edges[-1]:
+            weights[-1] += p
+            continue
+        edges.append(hi)
+        weights.append(p)
+    high = raw.get("high")
+    return LengthDist("empirical", edges=tuple(edges), weights=tuple(weights),
+                      low=int(raw.get("low", 1)),
+                      high=None if high is None else int(high))
 
 
 def _dist_from_histogram(where: str, buckets: Any, raw: Mapping[str, Any]) -> LengthDist:
@@ -532,7 +584,6 @@ def _dist_from_histogram(where: str, buckets: Any, raw: Mapping[str, Any]) -> Le
         prev = c
     if sum(weights) <= 0:
         raise ConfigError(f"workload: {where}.histogram has no observations")
-    edges[0] = max(0.5, min(1.0, edges[1] - 1e-9))
     return LengthDist("empirical", edges=tuple(edges), weights=tuple(weights),
                       low=int(raw.get("low", 1)), high=max(high, 1))
 
@@ -547,7 +598,10 @@ def load_spec_from_workload(workload: Mapping[str, Any], **overrides: Any) -> Lo
       without ``kind``: lognormal if ``std`` is given, else fixed), or
       ``{"histogram": [[le, cumulative_count], ...], "high": N}`` — the buckets of
       ``vllm:request_prompt_tokens`` / ``vllm:request_generation_tokens``.
-    - ``request_rate``: mean arrival rate (Poisson open loop); and/or ``concurrency``.
+      The LENGTHS object of ``tuner.workload`` (``{"buckets": [{"lo", "hi", "p"}, ...], ...}``,
+      other keys ignored) is read as the same empirical distribution.
+    - ``request_rate`` (or ``request_rate_per_s``, as ``tuner.workload`` writes it): mean
+      arrival rate (Poisson open loop); and/or ``concurrency``.
     - optional ``prefix_share`` (0..1; or ``prefix_cache_hit_rate``, used as the shared
       fraction), ``duration``, ``max_requests``, ``warmup_requests``, ``seed``.
 
@@ -556,8 +610,9 @@ def load_spec_from_workload(workload: Mapping[str, Any], **overrides: Any) -> Lo
     if not isinstance(workload, Mapping):
         raise ConfigError("workload: the fingerprint must be a mapping (JSON object)")
     for key in ("prompt_tokens", "output_tokens"):
-        if key not in workload:
-            raise ConfigError(f"workload: missing {key!r} (a length distribution)")
+        if workload.get(key) is None:
+            raise ConfigError(f"workload: {key!r} is missing or null (a length distribution "
+                              "is needed; a fingerprint of a window without requests has none)")
     kwargs: dict[str, Any] = {
         "prompt_tokens": _dist_from("prompt_tokens", workload["prompt_tokens"]),
         "output_tokens": _dist_from("output_tokens", workload["output_tokens"]),
@@ -569,6 +624,8 @@ def load_spec_from_workload(workload: Mapping[str, Any], **overrides: Any) -> Lo
         value = workload.get(key)
         if key == "prefix_share" and value is None:
             value = workload.get("prefix_cache_hit_rate")
+        if key == "request_rate" and value is None:
+            value = workload.get("request_rate_per_s")
         if value is None:
             continue
         try:
