@@ -1,0 +1,278 @@
+"""Unit tests of tuner.load's pure parts: length distributions, request plans, summaries,
+spec validation and the workload fingerprint reader."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tuner.errors import ConfigError
+from tuner.load import (
+    HARD_MAX_REQUESTS,
+    LengthDist,
+    LoadResult,
+    LoadSpec,
+    RequestRecord,
+    _Plan,
+    load_spec_from_workload,
+    summarize,
+)
+
+RNG = np.random.default_rng
+
+
+def _spec(**kw: object) -> LoadSpec:
+    base: dict[str, object] = {"prompt_tokens": LengthDist("fixed", mean=64),
+                               "output_tokens": LengthDist("fixed", mean=8), "concurrency": 2}
+    base.update(kw)
+    return LoadSpec(**base)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- distributions
+
+
+def test_fixed_is_constant() -> None:
+    x = LengthDist("fixed", mean=256).sample(RNG(0), 100)
+    assert x.dtype == np.int64 and set(x.tolist()) == {256}
+
+
+def test_uniform_covers_inclusive_bounds() -> None:
+    x = LengthDist("uniform", low=10, high=20).sample(RNG(1), 5000)
+    assert x.min() == 10 and x.max() == 20
+    assert abs(x.mean() - 15) < 0.3
+
+
+def test_normal_mean_and_clipping() -> None:
+    x = LengthDist("normal", mean=100, std=20, low=50, high=140).sample(RNG(2), 20000)
+    assert x.min() >= 50 and x.max() <= 140
+    assert abs(np.median(x) - 100) < 2
+
+
+def test_lognormal_matches_requested_mean_and_std() -> None:
+    x = LengthDist("lognormal", mean=500, std=250).sample(RNG(3), 50000)
+    assert abs(x.mean() - 500) / 500 < 0.03
+    assert abs(x.std() - 250) / 250 < 0.08
+    assert x.min() >= 1
+
+
+def test_empirical_points_follow_weights() -> None:
+    x = LengthDist("empirical", values=(10, 100), weights=(3, 1)).sample(RNG(4), 20000)
+    assert set(x.tolist()) == {10, 100}
+    assert abs((x == 10).mean() - 0.75) < 0.02
+
+
+def test_empirical_buckets_are_prometheus_le_buckets() -> None:
+    d = LengthDist("empirical", edges=(0, 10, 20, 50), weights=(1, 0, 1))
+    x = d.sample(RNG(5), 20000)
+    assert x.min() == 1 and x.max() == 50
+    assert not ((x > 10) & (x <= 20)).any()  # the empty bucket
+    assert abs((x <= 10).mean() - 0.5) < 0.02
+    assert d.max_length == 50
+
+
+def test_same_seed_same_samples() -> None:
+    d = LengthDist("lognormal", mean=300, std=100)
+    assert (d.sample(RNG(7), 50) == d.sample(RNG(7), 50)).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"kind": "zipf", "mean": 3}, "kind 'zipf' is not allowed"),
+        ({"kind": "fixed", "mean": 0}, "mean must be a finite number >= 1"),
+        ({"kind": "fixed", "mean": math.nan}, "mean must be a finite number >= 1"),
+        ({"kind": "normal", "mean": 10, "std": -1}, "std must be a finite number >= 0"),
+        ({"kind": "uniform", "low": 5}, "needs low and high"),
+        ({"kind": "uniform", "low": 5, "high": 4}, "high (4) must be >= low (5)"),
+        ({"kind": "fixed", "mean": 5, "low": 0}, "low must be >= 1"),
+        ({"kind": "empirical", "weights": ()}, "weights must be non-negative"),
+        ({"kind": "empirical", "weights": (1, -1), "values": (1, 2)}, "weights must be non-neg"),
+        ({"kind": "empirical", "weights": (1, 1), "edges": (0, 1)}, "edges needs len(weights)+1"),
+        ({"kind": "empirical", "weights": (1, 1), "edges": (0, 5, 5)}, "strictly ascending"),
+        ({"kind": "empirical", "weights": (1, 1), "values": (1,)}, "needs values"),
+    ],
+)
+def test_bad_distributions_name_the_problem(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        LengthDist(**kwargs)  # type: ignore[arg-type]
+    assert message in str(err.value)
+
+
+# ----------------------------------------------------------------------------- spec
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"concurrency": None}, "set concurrency (closed loop) or request_rate"),
+        ({"concurrency": 0}, "concurrency must be 1..10000"),
+        ({"request_rate": -1.0}, "request_rate must be > 0"),
+        ({"request_rate": math.inf}, "request_rate must be > 0"),
+        ({"duration": 0}, "duration must be in (0,"),
+        ({"duration": math.inf}, "duration must be in (0,"),
+        ({"max_requests": 0}, f"max_requests must be 1..{HARD_MAX_REQUESTS}"),
+        ({"max_requests": HARD_MAX_REQUESTS + 1}, "max_requests must be"),
+        ({"warmup_requests": -1}, "warmup_requests must be"),
+        ({"prefix_share": 1.5}, "prefix_share must be in [0, 1]"),
+        ({"request_timeout": 0}, "request_timeout must be > 0"),
+        ({"token_id_range": (10, 10)}, "token_id_range"),
+    ],
+)
+def test_bad_load_specs_name_the_problem(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        _spec(**kwargs)
+    assert message in str(err.value)
+
+
+def test_request_cap_is_bounded_even_without_max_requests() -> None:
+    assert _spec().request_cap == HARD_MAX_REQUESTS
+    assert _spec(max_requests=7).request_cap == 7
+
+
+def test_pool_is_sized_to_concurrency() -> None:
+    assert _spec(concurrency=16).pool_size == 16
+    assert _spec(concurrency=None, request_rate=5.0).pool_size > 0
+
+
+# ----------------------------------------------------------------------------- plans
+
+
+def test_plan_prompts_have_exact_lengths_and_valid_ids() -> None:
+    spec = _spec(prompt_tokens=LengthDist("uniform", low=5, high=300),
+                 token_id_range=(100, 2000))
+    plan = _Plan(spec, RNG(0))
+    for _ in range(50):
+        req = plan.next()
+        assert 5 <= len(req.prompt) <= 300
+        assert all(100 <= t < 2000 for t in req.prompt)
+        assert req.max_tokens == 8
+
+
+def test_plan_prefix_share_shares_the_leading_fraction() -> None:
+    spec = _spec(prompt_tokens=LengthDist("fixed", mean=200), prefix_share=0.5)
+    plan = _Plan(spec, RNG(0))
+    a, b = plan.next().prompt, plan.next().prompt
+    assert a[:100] == b[:100]
+    assert a[100:] != b[100:]
+
+
+def test_plan_without_prefix_share_prompts_differ() -> None:
+    plan = _Plan(_spec(), RNG(0))
+    prompts = {tuple(plan.next().prompt[:16]) for _ in range(20)}
+    assert len(prompts) == 20
+
+
+# ----------------------------------------------------------------------------- summarize
+
+
+def _rec(ok: bool = True, ttft: float = 0.1, itls: tuple[float, ...] = (0.01, 0.02),
+         out: int = 3, e2e: float = 0.2, start: float = 100.0) -> RequestRecord:
+    return RequestRecord(ok=ok, error="" if ok else "http 500: boom", prompt_tokens=10,
+                         output_tokens=out if ok else 0, ttft=ttft, itls=itls, e2e=e2e,
+                         start=start)
+
+
+def test_summarize_rates_and_percentiles() -> None:
+    recs = tuple(_rec(ttft=0.1 * (i + 1), itls=(0.01 * (i + 1),), out=10) for i in range(10))
+    s = summarize(LoadResult(records=recs + (_rec(ok=False),), started=100.0, ended=110.0))
+    assert s.requests == 11 and s.errors == 1
+    assert s.error_rate == pytest.approx(1 / 11)
+    assert s.output_tokens == 100
+    assert s.output_tok_per_s == pytest.approx(10.0)
+    assert s.request_rate == pytest.approx(1.0)
+    assert s.duration == pytest.approx(10.0)
+    assert s.ttft_p50 == pytest.approx(0.55)
+    assert s.ttft_p99 == pytest.approx(np.percentile([0.1 * (i + 1) for i in range(10)], 99))
+    assert s.itl_p50 == pytest.approx(0.055)
+    assert s.e2e_p99 == pytest.approx(0.2)
+
+
+def test_summarize_ignores_failed_requests_in_latencies() -> None:
+    recs = (_rec(ttft=0.1), _rec(ok=False, ttft=50.0, e2e=60.0))
+    s = summarize(LoadResult(records=recs, started=0.0, ended=1.0))
+    assert s.ttft_p99 == pytest.approx(0.1)
+    assert s.e2e_p99 == pytest.approx(0.2)
+
+
+def test_summarize_empty_run_is_nan_not_an_exception() -> None:
+    s = summarize(LoadResult(records=(), started=5.0, ended=5.0))
+    assert s.requests == 0 and s.errors == 0
+    assert math.isnan(s.error_rate) and math.isnan(s.ttft_p99) and math.isnan(s.output_tok_per_s)
+
+
+def test_summarize_all_failed() -> None:
+    s = summarize(LoadResult(records=(_rec(ok=False),) * 4, started=0.0, ended=2.0))
+    assert s.error_rate == 1.0 and s.output_tokens == 0 and math.isnan(s.ttft_p50)
+
+
+# ----------------------------------------------------------------------------- workload
+
+
+def test_workload_from_tuner_workload_fingerprint() -> None:
+    fingerprint = {
+        "version": 1,
+        "request_rate_per_s": 1.5,
+        "prefix_cache_hit_rate": 0.25,
+        "prompt_tokens": {"count": 100.0, "mean": 331.0, "p50": 300.0, "max": 4096.0,
+                          "buckets": [{"lo": 0.0, "hi": 100.0, "p": 0.2},
+                                      {"lo": 200.0, "hi": 4096.0, "p": 0.7},
+                                      {"lo": 4096.0, "hi": 4096.0, "p": 0.1}]},
+        "output_tokens": {"count": 100.0, "buckets": [{"lo": 0.0, "hi": 128.0, "p": 1.0}]},
+    }
+    spec = load_spec_from_workload(fingerprint, duration=5.0)
+    assert spec.request_rate == 1.5 and spec.concurrency is None
+    assert spec.prefix_share == 0.25 and spec.duration == 5.0
+    x = spec.prompt_tokens.sample(RNG(0), 20000)
+    assert x.min() >= 1 and x.max() == 4096
+    assert abs((x <= 100).mean() - 0.2) < 0.02
+    assert not ((x > 100) & (x <= 200)).any()
+    assert abs((x == 4096).mean() - 0.1) < 0.01
+    y = spec.output_tokens.sample(RNG(0), 1000)
+    assert 1 <= y.min() and y.max() <= 128
+
+
+def test_workload_shapes_numbers_mappings_and_histograms() -> None:
+    spec = load_spec_from_workload({
+        "prompt_tokens": {"histogram": [[10, 5], [20, 5], [50, 10], ["+Inf", 10]]},
+        "output_tokens": 32,
+        "concurrency": 4, "seed": 3, "warmup_requests": 2,
+    })
+    assert spec.output_tokens == LengthDist("fixed", mean=32)
+    assert spec.concurrency == 4 and spec.seed == 3 and spec.warmup_requests == 2
+    x = spec.prompt_tokens.sample(RNG(0), 5000)
+    assert x.max() <= 50 and not ((x > 10) & (x <= 20)).any()
+    lognormal = load_spec_from_workload({"prompt_tokens": {"mean": 300, "std": 50},
+                                         "output_tokens": {"kind": "uniform", "low": 1,
+                                                           "high": 9},
+                                         "request_rate": 2})
+    assert lognormal.prompt_tokens.kind == "lognormal"
+    assert lognormal.output_tokens.high == 9
+
+
+@pytest.mark.parametrize(
+    ("workload", "message"),
+    [
+        ([], "must be a mapping"),
+        ({"output_tokens": 5, "concurrency": 1}, "'prompt_tokens' is missing or null"),
+        ({"prompt_tokens": None, "output_tokens": 5, "concurrency": 1}, "missing or null"),
+        ({"prompt_tokens": "long", "output_tokens": 5, "concurrency": 1},
+         "prompt_tokens must be a number or a mapping"),
+        ({"prompt_tokens": {"mean": 5, "colour": 1}, "output_tokens": 5, "concurrency": 1},
+         "unknown key(s) ['colour']"),
+        ({"prompt_tokens": {"buckets": [{"lo": 0, "hi": 5}]}, "output_tokens": 5,
+          "concurrency": 1}, "buckets must be a list of {lo, hi, p}"),
+        ({"prompt_tokens": {"buckets": [{"lo": 0, "hi": 5, "p": 0}]}, "output_tokens": 5,
+          "concurrency": 1}, "no bucket with p > 0"),
+        ({"prompt_tokens": {"histogram": [[10, 0], ["+Inf", 0]]}, "output_tokens": 5,
+          "concurrency": 1}, "no observations"),
+        ({"prompt_tokens": 5, "output_tokens": 5, "request_rate": "fast"},
+         "request_rate must be a number"),
+        ({"prompt_tokens": 5, "output_tokens": 5}, "set concurrency (closed loop) or"),
+    ],
+)
+def test_bad_workloads_name_the_problem(workload: object, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_spec_from_workload(workload)  # type: ignore[arg-type]
+    assert message in str(err.value)
