@@ -1,0 +1,464 @@
+"""tuner.rules: rendering, loading/validation, templates, the alert state machine, the
+promtool-format unit-test runner — over a real SQLite store and the real PromQL engine."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import pytest
+
+from tuner.cli import main
+from tuner.config import SLO
+from tuner.promql import Engine
+from tuner.rules import (
+    STATE_DOCUMENT_KIND,
+    RuleEngine,
+    RuleError,
+    TemplateError,
+    expand_template,
+    expand_values,
+    go_float,
+    go_printf,
+    humanize,
+    humanize1024,
+    humanize_duration,
+    humanize_percentage,
+    inline_recording_rules,
+    load_rule_files,
+    load_rule_texts,
+    parse_rule_text,
+    parse_series,
+    parse_template,
+    read_alert_states,
+    render_rule_files,
+    run_test_files,
+    snap_slo,
+)
+from tuner.store import STALE_NAN, Store, is_stale
+
+REPO = Path(__file__).resolve().parents[2]
+RULES = REPO / "rules"
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+
+def test_committed_rule_files_are_the_default_rendering() -> None:
+    rendered = render_rule_files(SLO())
+    committed = {p.name: p.read_text() for p in sorted(RULES.glob("*.yaml"))}
+    assert set(rendered) == set(committed)
+    for name, text in rendered.items():
+        assert text == committed[name], f"rules/{name} drifted from render_rule_files(SLO())"
+
+
+def test_every_alert_has_severity_summary_description_and_runbook_anchor() -> None:
+    rules = load_rule_files([RULES / "*.yaml"])
+    runbook = (RULES / "RUNBOOK.md").read_text()
+    assert len(rules.alert_names) == 14
+    for rule in rules.rules:
+        if rule.kind != "alert":
+            continue
+        assert rule.name.startswith(("Vllm", "Gpu")) and rule.name[0].isupper()
+        assert rule.labels["severity"] in ("critical", "warning", "info")
+        assert set(rule.annotations) >= {"summary", "description", "runbook_url"}
+        assert rule.annotations["runbook_url"] == f"rules/RUNBOOK.md#{rule.name.lower()}"
+        assert f"\n## {rule.name}\n" in runbook
+
+
+def test_every_alert_has_a_unit_test() -> None:
+    tests = "".join(p.read_text() for p in (RULES / "tests").glob("*.yaml"))
+    for name in load_rule_files([RULES / "*.yaml"]).alert_names:
+        assert f"alertname: {name}" in tests, f"{name} has no promtool unit test"
+
+
+def test_render_snaps_thresholds_to_bucket_bounds_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    slo = SLO(ttft_p99_seconds=0.9, itl_p99_seconds=0.12, queue_p99_seconds=2.0,
+              error_rate=0.005, objective=0.999)
+    snapped = snap_slo(slo)
+    assert (snapped.ttft_seconds, snapped.itl_seconds, snapped.queue_seconds) == (0.75, 0.1, 2.0)
+    assert len(snapped.notes) == 2 and "ttft_p99_seconds 0.9s" in snapped.notes[0]
+    with caplog.at_level(logging.WARNING, logger="tuner.rules"):
+        files = render_rule_files(slo)
+    assert "the rules use 0.75s" in caplog.text
+    slo_text = files["slo.yaml"]
+    assert "# NOTE: slo.ttft_p99_seconds 0.9s is not a bucket bound" in slo_text
+    assert 'le=~"0\\\\.75"' in slo_text
+    assert "ratio_rate1h > 0.0144" in slo_text  # 14.4 x (1 - 0.999)
+    assert "ratio_rate3d > 0.001" in slo_text
+    assert "p99_rate5m > 0.1\n" in slo_text
+    assert "ratio_rate5m > 0.005" in slo_text and "at most 0.5%" in slo_text
+    rules = load_rule_texts(files)  # still valid rules of our subset
+    assert "VllmTtftSloBurnRateCritical" in rules.alert_names
+    # integer bound: both spellings of le ("1.0" from vLLM, "1" from Prometheus 3)
+    assert 'le=~"2560(\\\\.0)?"' in render_rule_files(SLO(ttft_p99_seconds=5000))["slo.yaml"]
+
+
+def test_rendered_snapped_rules_evaluate_on_the_snapped_bucket(tmp_path: Path) -> None:
+    files = render_rule_files(SLO(ttft_p99_seconds=0.6))  # snaps to 0.5
+    store = Store(tmp_path / "s.db")
+    lb = {"job": "vllm", "instance": "a", "model_name": "m"}
+    pts = []
+    for i in range(11):
+        t = i * 60_000
+        pts.append(("vllm:time_to_first_token_seconds_bucket",
+                    tuple(sorted({**lb, "le": "0.5"}.items())), t, 80.0 * i))
+        pts.append(("vllm:time_to_first_token_seconds_count", tuple(sorted(lb.items())), t,
+                    100.0 * i))
+    store.append_points(pts)
+    engine = RuleEngine(load_rule_texts(files), Engine(store), writer=store, default_interval=60)
+    for i in range(11):
+        engine.evaluate(i * 60.0)
+    res = Engine(store).instant("instance:vllm_ttft_slo_errors:ratio_rate1h", 600)
+    assert [round(e.value, 9) for e in res.vector] == [0.2]
+
+
+# -- templates -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fn", "value", "want"),
+    [
+        (humanize, 0.0, "0"), (humanize, 1234567.0, "1.235M"), (humanize, 0.95, "950m"),
+        (humanize, 12.0, "12"), (humanize, -0.001, "-1m"), (humanize, math.inf, "+Inf"),
+        (humanize1024, 1048576.0, "1Mi"), (humanize1024, 0.5, "0.5"),
+        (humanize_percentage, 0.95, "95%"), (humanize_percentage, 0.04761904761904762, "4.762%"),
+        (humanize_duration, 90.0, "1m 30s"), (humanize_duration, 0.19000000000000003, "190ms"),
+        (humanize_duration, 2.47, "2.47s"), (humanize_duration, 93784.0, "1d 2h 3m 4s"),
+        (humanize_duration, 0.0, "0s"), (humanize_duration, math.nan, "NaN"),
+    ],
+)
+def test_humanize_functions_match_prometheus(fn, value, want) -> None:  # type: ignore[no-untyped-def]
+    assert fn(value) == want
+
+
+def test_go_float_formatting_matches_go_fmt_v() -> None:
+    cases = {79.0: "79", 0.5: "0.5", 1e6: "1e+06", 123456.0: "123456", 1e-05: "1e-05",
+             0.0001: "0.0001", -2.5: "-2.5", math.inf: "+Inf", -math.inf: "-Inf",
+             math.nan: "NaN", 1 / 3: "0.3333333333333333"}
+    for v, want in cases.items():
+        assert go_float(v) == want
+    assert go_printf("%.2f|%.0f%%|%s|%d|%v", 0.456, 25.0, "x", 3, 2.0) == "0.46|25%|x|3|2"
+    assert go_printf("%.1f", math.inf) == "+Inf"
+
+
+def test_template_expansion() -> None:
+    labels = {"instance": "a", "model_name": "m"}
+    tpl = ('{{ $labels.instance }} ({{ .Labels.model_name }}): {{ $value | humanizePercentage }}'
+           ' {{ printf "%.1f" $value }} {{ $labels.missing }}|{{ $externalLabels.cluster }}'
+           ' {{- " trimmed" }} {{/* comment */}}{{ "up" | toUpper }}')
+    out = expand_template(tpl, labels, 0.25, {"cluster": "c1"})
+    assert out == "a (m): 25% 0.2 |c1 trimmed UP"
+    assert expand_template("{{ $value }}", {}, 79.0) == "79"
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("{{ $value | humanise }}", "function 'humanise' not defined"),
+        ("{{ $lables.instance }}", "undefined variable '$lables'"),
+        ("value {{ $value ", "unclosed action"),
+        ("{{ if $value }}x{{ end }}", "unsupported template action 'if'"),
+        ("{{ $x := 1 }}", "variable assignment is not supported"),
+        ("{{ humanize }}", "want 1 got 0"),
+        ("{{ .Nope }}", "can't evaluate field 'Nope'"),
+    ],
+)
+def test_template_errors_are_detected_at_parse_time(text: str, fragment: str) -> None:
+    with pytest.raises(TemplateError) as e:
+        parse_template(text)
+    assert fragment in str(e.value)
+
+
+# -- bad rule files: messages name file, group and rule -----------------------------------------------
+
+GOOD_ALERT = """\
+      - alert: A
+        expr: up == 0
+        for: 1m
+        labels: {severity: warning}
+        annotations: {summary: s, description: "{{ $labels.instance }}"}
+"""
+
+
+def _file(tmp_path: Path, body: str, name: str = "bad.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text("groups:\n  - name: g1\n    rules:\n" + body)
+    return p
+
+
+@pytest.mark.parametrize(
+    ("body", "fragments"),
+    [
+        ("      - alert: A\n        expr: rate(up[5m]\n",
+         ["group 'g1'", "rule 0 (alert 'A')", "expr:"]),
+        ("      - alert: A\n        expr: predict_linear(up[5m], 60) > 0\n",
+         ["group 'g1'", "rule 0 (alert 'A')", "predict_linear"]),
+        (GOOD_ALERT + GOOD_ALERT,
+         ["group 'g1'", "rule 1 (alert 'A')", "duplicate alert", "rule 0"]),
+        ("      - alert: A\n        expr: up == 0\n        for: 5 minutes\n",
+         ["group 'g1'", "rule 0 (alert 'A')", "for:", "not a Prometheus duration"]),
+        ("      - alert: A\n        expr: up == 0\n        for: 5\n",
+         ["rule 0 (alert 'A')", "for:", "not a duration string"]),
+        ("      - alert: A\n        expr: up == 0\n"
+         "        annotations: {description: '{{ $value | humanise }}'}\n",
+         ["group 'g1'", "rule 0 (alert 'A')", "annotations.description", "template error",
+          "humanise"]),
+        ("      - record: bad-name\n        expr: up\n",
+         ["rule 0 (record 'bad-name')", "invalid recording rule name"]),
+        ("      - alert: A\n        expr: up\n        unknown: 1\n",
+         ["rule 0 (alert 'A')", "unknown keys ['unknown']"]),
+        ("      - alert: A\n        record: b\n        expr: up\n",
+         ["rule 0", "exactly one of 'record' or 'alert'"]),
+        ("      - alert: A\n        expr: up\n      bad indent: [\n", ["not valid YAML"]),
+    ],
+)
+def test_bad_rule_files_are_refused_naming_file_group_and_rule(
+    tmp_path: Path, body: str, fragments: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _file(tmp_path, body)
+    before = path.read_bytes()
+    with pytest.raises(RuleError) as e:
+        load_rule_files([path])
+    msg = str(e.value)
+    assert msg.startswith(str(path))
+    for f in fragments:
+        assert f in msg, msg
+    # the CLI says the same and exits non-zero; the file is untouched
+    assert main(["rules", "check", "--no-promtool", str(path)]) == 1
+    assert fragments[-1] in capsys.readouterr().out
+    assert path.read_bytes() == before
+
+
+def test_same_alert_name_with_different_labels_is_allowed() -> None:
+    text = ("groups:\n- name: g\n  rules:\n"
+            "  - {alert: A, expr: up > 1, labels: {severity: warning}}\n"
+            "  - {alert: A, expr: up > 2, labels: {severity: critical}}\n")
+    assert len(parse_rule_text(text, "x.yaml")[0].rules) == 2
+
+
+def test_rules_check_cli_accepts_the_shipped_rules(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["rules", "check", "--no-promtool", str(RULES / "*.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("SUCCESS") == 3
+
+
+# -- the promtool-format unit-test runner ---------------------------------------------------------------
+
+
+def test_expanding_notation() -> None:
+    assert expand_values("-2+4x3") == [-2, 2, 6, 10]
+    assert expand_values("1-2x4") == [1, -1, -3, -5, -7]
+    assert expand_values("1x4") == [1, 1, 1, 1, 1]
+    vals = expand_values("1 _x3 stale _")
+    assert vals[0] == 1 and vals[1:4] == [None, None, None] and vals[5] is None
+    assert is_stale(vals[4])  # type: ignore[arg-type]
+    assert math.isinf(expand_values("Inf")[0])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="is not a value"):
+        expand_values("1+x3")
+    assert parse_series('up{job="a", instance="b"}') == ("up", {"job": "a", "instance": "b"})
+    assert parse_series('{__name__="x:y", a="1"}') == ("x:y", {"a": "1"})
+
+
+def test_tuner_rules_test_passes_the_shipped_promtool_tests(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["rules", "test", str(RULES / "tests" / "*.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("SUCCESS") == 3 and "FAILED" not in out
+
+
+def test_rules_test_reports_a_wrong_expectation(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    text = (RULES / "tests" / "gpu_test.yaml").read_text()
+    wrong = text.replace("reported XID 79.", "reported XID 80.").replace("../gpu.yaml",
+                                                                        str(RULES / "gpu.yaml"))
+    p = tmp_path / "wrong_test.yaml"
+    p.write_text(wrong)
+    res = run_test_files([p])[0]
+    assert not res.ok and len(res.failures) == 2  # at 5m and at 22m (keep_firing_for)
+    assert "alertname: GpuXidError, time: 5m" in res.failures[0]
+    assert "reported XID 80." in res.failures[0] and "reported XID 79." in res.failures[0]
+    assert main(["rules", "test", str(p)]) == 1
+    assert "FAILED" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("rule_files: [r.yaml]\ntests: [{input_series: [{series: up, values: '1'}]}]\n"
+         "evaluation_interval: 1m\nextra: 1\n", "unknown keys ['extra']"),
+        ("groups: []\n", "unknown keys ['groups']"),
+        ("rule_files: [r.yaml]\n", "tests: a list of test groups is required"),
+        ("rule_files: [r.yaml]\ntests:\n  - input_series: [{series: 'up{', values: '1'}]\n",
+         "tests[0]: input_series[0]"),
+        ("rule_files: [r.yaml]\ntests:\n  - input_series: [{series: up, values: '1+x'}]\n",
+         "is not a value"),
+        ("rule_files: [r.yaml]\ntests:\n  - alert_rule_test: [{eval_time: 1m, alert: A}]\n",
+         "alert_rule_test[0]"),
+        ("rule_files: [missing.yaml]\ntests: [{}]\n", "rule_files"),
+        ("- just a list\n", "a rule unit-test file is a mapping"),
+    ],
+)
+def test_unit_test_files_in_the_wrong_format_fail_clearly(
+    tmp_path: Path, content: str, fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "r.yaml").write_text("groups:\n- name: g\n  rules:\n  - {alert: A, expr: up == 0}\n")
+    p = tmp_path / "t.yaml"
+    p.write_text(content)
+    res = run_test_files([p])[0]
+    assert not res.ok
+    assert res.failures[0].startswith(str(p)) and fragment in res.failures[0], res.failures
+    assert main(["rules", "test", str(p)]) == 1
+    assert fragment in capsys.readouterr().out
+
+
+# -- the alert state machine -------------------------------------------------------------------------
+
+
+def _store_with(tmp_path: Path, values: list[float | None], name: str = "x",
+                step_s: int = 60) -> Store:
+    store = Store(tmp_path / "s.db", retention=3650 * 86400.0)
+    pts = [(name, (("instance", "a"),), i * step_s * 1000, v)
+           for i, v in enumerate(values) if v is not None]
+    store.append_points(pts)
+    return store
+
+
+def _engine(store: Store, rules_yaml: str, **kw: object) -> RuleEngine:
+    rules = load_rule_texts({"t.yaml": rules_yaml})
+    return RuleEngine(rules, Engine(store), writer=store, documents=store,
+                      default_interval=60.0, **kw)  # type: ignore[arg-type]
+
+
+ALERT_FOR_2M = """\
+groups:
+- name: g
+  rules:
+  - alert: High
+    expr: x > 0
+    for: 2m
+    labels: {severity: warning}
+    annotations: {description: 'value {{ $value }} on {{ $labels.instance }}'}
+"""
+
+
+def test_pending_firing_resolved_and_resend(tmp_path: Path) -> None:
+    # x > 0 from 1m to 5m, then 0
+    store = _store_with(tmp_path, [0, 1, 2, 3, 4, 5, 0, 0, 0, 0] + [0] * 20)
+    eng = _engine(store, ALERT_FOR_2M)
+    states = {}
+    sent = {}
+    for i in range(30):
+        rep = eng.evaluate(i * 60.0)
+        a = eng.alerts()
+        states[i] = a[0].state if a else "inactive"
+        sent[i] = [(s.state, s.ends_at) for s in rep.to_send]
+        if i == 4:
+            assert a[0].active_at == 60.0 and a[0].value == 4.0
+            assert a[0].annotations["description"] == "value 4 on a"
+    assert [states[i] for i in range(8)] == ["inactive", "pending", "pending", "firing",
+                                             "firing", "firing", "resolved", "resolved"]
+    assert sent[3] == [("firing", 3 * 60 + 4 * 60)]  # endsAt = valid_until = ts + 4 x resend
+    assert sent[4] == []  # resend only after resend_delay (60s) has strictly passed
+    assert sent[5] == [("firing", 5 * 60 + 240)]
+    assert sent[6] == [("resolved", 6 * 60)]  # resolved: sent at once with endsAt
+    # resolved alerts are kept (and resent) for 15 minutes, then forgotten
+    assert states[21] == "resolved" and states[22] == "inactive"
+    # ALERTS / ALERTS_FOR_STATE were written, and went stale when the alert resolved
+    q = Engine(store)
+    got = q.instant("ALERTS", 240).vector
+    assert [dict(e.labels) for e in got] == [{"__name__": "ALERTS", "alertname": "High",
+                                             "alertstate": "firing", "instance": "a",
+                                             "severity": "warning"}]
+    assert q.instant("ALERTS_FOR_STATE", 240).vector[0].value == 60.0
+    assert q.instant("ALERTS", 360).vector == ()  # stale marker at resolve time
+    store.close()
+
+
+def test_keep_firing_for(tmp_path: Path) -> None:
+    store = _store_with(tmp_path, [1, 1, 0, 0, 0, 0, 0, 0])
+    rules = ALERT_FOR_2M.replace("for: 2m", "for: 0s\n    keep_firing_for: 3m")
+    eng = _engine(store, rules)
+    seen = []
+    for i in range(8):
+        eng.evaluate(i * 60.0)
+        seen.append(eng.alerts()[0].state if eng.alerts() else "inactive")
+    # firing at once (for: 0s); condition false from 2m; keeps firing while ts - 2m < 3m
+    assert seen == ["firing", "firing", "firing", "firing", "firing", "resolved", "resolved",
+                    "resolved"]
+    store.close()
+
+
+def test_alert_state_persists_and_restart_keeps_active_at(tmp_path: Path) -> None:
+    store = _store_with(tmp_path, [1] * 10)
+    eng = _engine(store, ALERT_FOR_2M)
+    eng.evaluate(0.0)
+    eng.evaluate(60.0)
+    listed = read_alert_states(store)
+    assert [(a.alertname, a.state, a.active_at) for a in listed] == [("High", "pending", 0.0)]
+    # a new process (new engine) restores activeAt: firing as soon as 2m have passed since 0s
+    eng2 = _engine(store, ALERT_FOR_2M)
+    assert eng2.restore() == 1
+    eng2.evaluate(120.0)
+    assert [(a.state, a.active_at) for a in eng2.alerts()] == [("firing", 0.0)]
+    assert store.documents(STATE_DOCUMENT_KIND)[0][2]["alerts"][0]["state"] == "firing"
+    store.close()
+
+
+def test_recording_rules_write_back_and_later_rules_see_them(tmp_path: Path) -> None:
+    store = _store_with(tmp_path, [float(i) for i in range(10)])
+    rules = """\
+groups:
+- name: g
+  rules:
+  - record: job:x:doubled
+    expr: x * 2
+    labels: {source: rec}
+  - alert: Doubled
+    expr: job:x:doubled > 10
+"""
+    eng = _engine(store, rules)
+    for i in range(10):
+        eng.evaluate(i * 60.0)
+    vec = Engine(store).instant("job:x:doubled", 540).vector
+    assert [(dict(e.labels), e.value) for e in vec] == [
+        ({"__name__": "job:x:doubled", "instance": "a", "source": "rec"}, 18.0)]
+    assert [a.labels["source"] for a in eng.firing("Doubled")] == ["rec"]
+    # fleet mode: nothing written back, the recorded name is inlined -> same alerts
+    inlined = inline_recording_rules(load_rule_texts({"t.yaml": rules}))
+    assert "(x * 2) > 10" not in inlined[("t.yaml", "g", 1)]  # rule with labels: not inlined
+    plain = rules.replace("    labels: {source: rec}\n", "")
+    assert inline_recording_rules(load_rule_texts({"t.yaml": plain}))[("t.yaml", "g", 1)] == (
+        "(x * 2) > 10")
+    fleet = RuleEngine(load_rule_texts({"t.yaml": plain}), Engine(store), writer=None)
+    for i in range(10):
+        fleet.evaluate(i * 60.0)
+    assert [a.labels for a in fleet.firing("Doubled")] == [{"alertname": "Doubled",
+                                                           "instance": "a"}]
+    store.close()
+
+
+def test_recording_rule_writes_stale_marker_when_series_vanishes(tmp_path: Path) -> None:
+    store = _store_with(tmp_path, [1, 1, STALE_NAN, None, None])
+    eng = _engine(store, "groups:\n- name: g\n  rules:\n  - {record: 'r:x', expr: x}\n")
+    for i in range(4):
+        eng.evaluate(i * 60.0)
+    series = store.select([], 0, 10**9)
+    rec = next(s for s in series if s.name == "r:x")
+    assert rec.timestamps.tolist() == [0, 60000, 120000] and is_stale(rec.values[-1])
+    store.close()
+
+
+def test_evaluation_errors_name_the_rule_and_keep_state(tmp_path: Path) -> None:
+    store = _store_with(tmp_path, [1, 1, 1])
+    store.append_points([("y", (("instance", "a"), ("k", str(i))), 0, 1.0) for i in range(2)])
+    rules = ("groups:\n- name: g\n  rules:\n"
+             "  - {alert: Dup, expr: 'x + on(instance) y'}\n")
+    eng = _engine(store, rules)
+    rep = eng.evaluate(0.0)
+    assert len(rep.errors) == 1 and "group 'g': alert 'Dup'" in rep.errors[0]
+    store.close()
