@@ -1608,42 +1608,47 @@ class _Scraper:
 
 
 def server_signals(store: Any, instance: str, start_ms: int, end_ms: int) -> dict[str, float]:
-    """Server-side signals of one canary over the load window, from its scraped samples.
+    """Server-side signals of one canary over its load window, from its scraped samples.
 
-    Counter increases are last minus first sample in the window (a canary's counters start
-    at zero and never reset within a trial); gauges are summarized by max and mean.
+    The same named PromQL signals as production (``tuner.signals.WINDOW_TOTALS``, rendered
+    for ``instance="trial-N"`` over the window), evaluated by the in-process engine
+    (``tuner.promql.Engine``) over the search's store; KV usage by ``max_over_time`` and
+    ``avg_over_time`` of ``vllm:kv_cache_usage_perc``.
     """
-    from tuner.store import Matcher, is_stale
+    from tuner.promql import Engine
+    from tuner.signals import WINDOW_TOTALS, per_thousand_requests, render_signal
 
-    def series(name: str) -> list[Any]:
-        return store.select(
-            [Matcher("__name__", "=", name), Matcher("instance", "=", instance)], start_ms, end_ms
-        )
+    engine = Engine(store)
+    window = f"{max(1, math.ceil((end_ms - start_ms) / 1000))}s"
+    selector = f'{{instance="{instance}"}}'
+    ts = end_ms / 1000.0
 
-    def increase(name: str) -> float:
-        total = math.nan
-        for s in series(name):
-            vals = [v for v in s.values if not math.isnan(v) and not is_stale(v)]
-            if vals:
-                total = (0.0 if math.isnan(total) else total) + max(0.0, vals[-1] - vals[0])
-        return total
+    def query(expr: str) -> float:
+        result = engine.instant(expr, ts)
+        vector = getattr(result, "vector", ())
+        return float(vector[0].value) if vector else math.nan
 
-    kv: list[float] = []
-    for s in series("vllm:kv_cache_usage_perc"):
-        kv += [float(v) for v in s.values if not math.isnan(v)]
-    preempt = increase("vllm:num_preemptions_total")
-    finished = increase("vllm:request_success_total")
-    drafts = increase("vllm:spec_decode_num_draft_tokens_total")
-    accepted = increase("vllm:spec_decode_num_accepted_tokens_total")
+    totals = {
+        sig.name: query(render_signal(sig, selector, by="instance", window=window))
+        for sig in WINDOW_TOTALS
+        if sig.name
+        in ("requests", "preemptions", "output_tokens", "spec_draft_tokens", "spec_accepted_tokens")
+    }
+    kv = f"vllm:kv_cache_usage_perc{selector}[{window}]"
+    drafts = totals["spec_draft_tokens"]
     return {
-        "preemptions": preempt,
-        "preemptions_per_1k_requests": (
-            preempt / finished * 1000 if finished and finished > 0 else math.nan
+        "preemptions": totals["preemptions"],
+        "preemptions_per_1k_requests": per_thousand_requests(
+            totals["preemptions"], totals["requests"]
+        )
+        if not math.isnan(totals["requests"])
+        else math.nan,
+        "kv_usage_max": query(f"max by (instance) (max_over_time({kv}))"),
+        "kv_usage_mean": query(f"max by (instance) (avg_over_time({kv}))"),
+        "spec_decode_acceptance": (
+            totals["spec_accepted_tokens"] / drafts if drafts and drafts > 0 else math.nan
         ),
-        "kv_usage_max": max(kv) if kv else math.nan,
-        "kv_usage_mean": statistics.fmean(kv) if kv else math.nan,
-        "spec_decode_acceptance": accepted / drafts if drafts and drafts > 0 else math.nan,
-        "server_generation_tokens": increase("vllm:generation_tokens_total"),
+        "server_generation_tokens": totals["output_tokens"],
     }
 
 
@@ -1734,9 +1739,9 @@ def run_trial(
             instance = f"trial-{number}"
             scraper = _Scraper(ctx, handle.metrics_url, instance)
             t_scr = time.perf_counter()
+            window_start = int(time.time() * 1000)
             scraper.start()
             scrape_s = time.perf_counter() - t_scr
-            window_start = int(time.time() * 1000)
             t_load = time.perf_counter()
             model = cfg.launch.served_model_name or cfg.launch.model
             try:
@@ -1745,9 +1750,9 @@ def run_trial(
             except TunerError as exc:
                 result, load_error = None, str(exc)
             timings["load_s"] = time.perf_counter() - t_load
-            window_end = int(time.time() * 1000)
             t_scr = time.perf_counter()
             scraper.finish()
+            window_end = int(time.time() * 1000)
             timings["scrape_s"] = scrape_s + time.perf_counter() - t_scr
             if ctx.stop.is_set():
                 return None
@@ -1756,7 +1761,11 @@ def run_trial(
                 reason, log_tail = "load_error", load_error + "\n" + canary_tail(canary)
             else:
                 summary = load_mod.summarize(result)
-                signals = server_signals(ctx.store, instance, window_start, window_end)
+                try:
+                    signals = server_signals(ctx.store, instance, window_start, window_end)
+                except TunerError as exc:
+                    signals = {}
+                    notes.append(f"server signals unavailable: {exc}")
                 measurement = measurement_from(
                     summary, signals, goodput(result, cfg.slo, float(summary.duration or 0))
                 )

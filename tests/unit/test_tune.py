@@ -533,3 +533,36 @@ def test_counters_for_the_daemon() -> None:
     snap = c.snapshot()
     assert snap["trials_total"] == {"ok": 2, "slo": 0, "failed": 1, "rejected": 0}
     assert snap["best_objective"] == 1500.0
+
+
+def test_server_signals_use_the_production_signal_queries_over_the_trial_window(
+    tmp_path: Path,
+) -> None:
+    """Counters and gauges of one canary (instance trial-3) in a real store, read back through
+    the PromQL engine; another trial's series in the same store do not leak in."""
+    from tuner.store import Store
+    from tuner.tune import server_signals
+
+    store = Store(tmp_path / "s.db")
+    t0 = 1_700_000_000_000
+    points = []
+    for i in range(11):  # 10 s of 1 s scrapes
+        ts = t0 + i * 1000
+        for inst, scale in (("trial-3", 1.0), ("trial-4", 100.0)):
+            lab = (("instance", inst), ("job", "vllm"), ("model_name", "m"))
+            points += [
+                ("vllm:num_preemptions_total", lab, ts, scale * 2 * i),
+                ("vllm:request_success_total", (*lab, ("finished_reason", "length")), ts,
+                 scale * 4 * i),
+                ("vllm:generation_tokens_total", lab, ts, scale * 128 * 4 * i),
+                ("vllm:kv_cache_usage_perc", lab, ts, 0.1 * (i % 5)),
+            ]
+    store.append_points(points)
+    sig = server_signals(store, "trial-3", t0, t0 + 10_000)
+    assert sig["preemptions"] == pytest.approx(20.0)
+    assert sig["preemptions_per_1k_requests"] == pytest.approx(500.0)
+    assert sig["server_generation_tokens"] == pytest.approx(5120.0)
+    assert sig["kv_usage_max"] == pytest.approx(0.4)
+    assert sig["kv_usage_mean"] == pytest.approx(2.0 / 11)
+    assert math.isnan(sig["spec_decode_acceptance"])  # no speculative decoding exported
+    store.close()

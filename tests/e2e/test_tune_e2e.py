@@ -1,0 +1,191 @@
+"""``tuner tune`` end to end on real vLLM CPU canaries of the tiny model.
+
+One search (to keep the vLLM time short): baseline + 5 searched trials, with a memory knob
+(num-gpu-blocks-override, 4..40 blocks of 128 tokens) whose low end cannot hold one
+2,048-token sequence (16 blocks or fewer: vLLM keeps one block back), so some candidates
+really fail to start. The search is stopped with
+SIGTERM in the middle of a trial and continued with ``--resume``. Checks: the baseline ran
+first; failures were recorded (reason, log tail) and the search went on; the resumed search
+repeated no finished trial and the interrupted one left no canary behind; the outputs exist;
+and the flags in best.json start a server.
+
+Run under ``flock /tmp/tuner-vllm.lock``. About 4-5 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.support.vllm import vllm_env
+from tuner.canary import LaunchSpec, LocalCanary
+from tuner.tune import load_trials
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def processes_with(mark: str) -> list[int]:
+    """Pids whose environment carries ``TUNER_E2E_MARK=<mark>`` (our canaries, nothing else)."""
+    found = []
+    needle = f"TUNER_E2E_MARK={mark}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def persisted_count(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            return int(conn.execute(
+                "SELECT COUNT(*) FROM documents WHERE kind='tune_trial'").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+def tune_config(model_dir: Path, out: Path, mark: str) -> dict[str, Any]:
+    return {
+        "launch": {
+            "model": str(model_dir),
+            "served_model_name": "tiny-llama",
+            "flags": {
+                "max-model-len": 2048,
+                "dtype": "bfloat16",
+                "optimization-level": 0,
+                "kv-cache-memory-bytes": 256 * 1024 * 1024,
+                "max-num-seqs": 16,
+                "num-gpu-blocks-override": 24,
+            },
+            "env": {**vllm_env("0"), "TUNER_E2E_MARK": mark},
+        },
+        "space": {
+            "max-num-seqs": {"low": 2, "high": 64, "log": True},
+            "gpu-memory-utilization": {"flag": "num-gpu-blocks-override", "type": "integer",
+                                       "low": 4, "high": 40},
+            "max-num-batched-tokens": None,
+        },
+        "objective": {"kind": "throughput", "dollars_per_hour": 1.0},
+        "slo": {"ttft_p99_seconds": 10.0, "itl_p99_seconds": 1.0, "error_rate": 0.05},
+        "load": {"prompt_tokens": {"kind": "uniform", "low": 96, "high": 160},
+                 "output_tokens": 48, "concurrency": 8, "duration": 4, "warmup_requests": 2},
+        "budget": {"trials": 5},
+        "noise": {"finalists": 1, "repeats": 0, "confirm_rounds": 0},
+        # seed 8: the first random candidate has 13 blocks: too few for one 2,048-token sequence
+        "optimizer": {"estimator": "GP", "initial_points": 3, "seed": 8},
+        "canary": {"health_timeout": "150s", "scrape_interval": "1s"},
+        "out": str(out),
+    }
+
+
+def test_search_fails_some_trials_survives_sigterm_resumes_and_best_flags_start(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    mark = uuid.uuid4().hex
+    out = tmp_path / "out"
+    cfg_path = tmp_path / "tune.yaml"
+    cfg_path.write_text(yaml.safe_dump(tune_config(tiny_model_dir, out, mark)))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    argv = [sys.executable, "-m", "tuner", "tune", "--config", str(cfg_path)]
+
+    # -- run until 3 trials are persisted and the 4th canary is up, then SIGTERM --------------
+    first = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    db = out / "tune.db"
+    deadline = time.monotonic() + 400
+    while persisted_count(db) < 3:
+        assert first.poll() is None, first.communicate()
+        assert time.monotonic() < deadline, "3 trials did not finish in time"
+        time.sleep(1)
+    while not processes_with(mark):  # the next trial's canary is starting: mid-trial
+        assert first.poll() is None, first.communicate()
+        time.sleep(0.2)
+    time.sleep(3)
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate(timeout=60)
+    assert first.returncode == 143, err
+    assert "interrupted" in err and "--resume" in err
+    assert processes_with(mark) == [], "a canary outlived the interrupted tuner"
+    before = load_trials(out)
+    assert [t.number for t in before] == list(range(len(before))) and len(before) >= 3
+
+    # -- without --resume the out dir is refused, untouched ------------------------------------
+    refused = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode != 0 and "--resume" in refused.stderr
+    assert [t.to_json() for t in load_trials(out)] == [t.to_json() for t in before]
+
+    # -- resume to the end ---------------------------------------------------------------------
+    resumed = subprocess.run([*argv, "--resume"], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert processes_with(mark) == []
+    trials = load_trials(out)
+    assert [t.to_json() for t in trials[: len(before)]] == [t.to_json() for t in before]
+    assert [t.number for t in trials] == list(range(len(trials)))
+    assert len(trials) >= 6
+
+    # baseline first, in the same run, before every candidate
+    assert trials[0].kind == "baseline" and trials[0].state == "ok"
+    assert all(t.started >= trials[0].ended for t in trials[1:])
+    assert trials[0].measurement is not None and trials[0].measurement.output_tok_per_s > 0
+
+    # exactly the budget of searched trials; no finished point searched twice
+    searched = [t for t in trials if t.kind == "search"]
+    assert len(searched) == 5
+    assert len({json.dumps(dict(t.point), sort_keys=True) for t in searched}) == 5
+
+    # failures recorded with reason and log tail, and the search went on after them
+    failed = [t for t in searched if t.state == "failed"]
+    assert failed, [(t.point, t.state) for t in searched]
+    for t in failed:
+        assert t.reason in ("oom", "exit") and t.log_tail
+        assert t.flags["num-gpu-blocks-override"] <= 16
+        assert t.loss == 1.0
+    assert any(t.number > failed[0].number and t.state == "ok" for t in trials)
+    ok = [t for t in trials if t.state == "ok"]
+    for t in ok:  # server-side signals came from scraping the canary
+        assert t.measurement is not None
+        assert t.measurement.server_generation_tokens > 0
+
+    # -- outputs ---------------------------------------------------------------------------
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert [int(r["number"]) for r in rows] == [t.number for t in trials]
+    report = (out / "report.md").read_text()
+    assert "vllm serve" in report and "Failed trials" in report
+    for png in ("convergence.png", "throughput_vs_ttft.png", "objective_vs_knobs.png"):
+        assert (out / png).stat().st_size > 5000
+    best = json.loads((out / "best.json").read_text())
+    assert best["slo_met"] is True and best["flags"]["num-gpu-blocks-override"] >= 17
+
+    # -- the flags in best.json start a server ------------------------------------------------
+    spec = LaunchSpec(model=str(tiny_model_dir), flags=best["flags"],
+                      served_model_name="tiny-llama", env=vllm_env("0"))
+    with LocalCanary(spec, tmp_path / "best.log", health_timeout=150) as handle:
+        r = httpx.post(handle.url + "/v1/completions", trust_env=False, timeout=60,
+                       json={"model": "tiny-llama", "prompt": "hello", "max_tokens": 4})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
+        metrics = httpx.get(handle.metrics_url, trust_env=False, timeout=10).text
+        blocks = best["flags"]["num-gpu-blocks-override"]
+        assert f'num_gpu_blocks="{blocks}"' in metrics
