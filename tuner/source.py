@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import requests
 
     from tuner.promql import QueryResult, RangeSeries
-    from tuner.store import Store
+    from tuner.store import Matcher, SeriesData, Store
 
 
 class SourceError(TunerError):
@@ -53,6 +53,47 @@ class Source(Protocol):
     def time_range(self) -> tuple[float, float] | None: ...
 
 
+class WindowCache:
+    """A series reader that reads each metric of a window from the store once.
+
+    Many queries of one ``suggest`` run touch the same metrics over the same window (a rate
+    per step, the window's ``increase``, the workload histograms). Reads inside
+    ``[start_ms, end_ms]`` of a selector with a ``__name__="..."`` matcher fetch every series
+    of that name for the whole window once, then filter labels and slice in memory; anything
+    else goes to the store.
+    """
+
+    def __init__(self, store: Store, start_ms: int, end_ms: int) -> None:
+        self.store = store
+        self.start_ms = start_ms
+        self.end_ms = end_ms
+        self._by_name: dict[str, list[SeriesData]] = {}
+
+    def select(
+        self, matchers: Sequence[Matcher], start_ms: int, end_ms: int
+    ) -> list[SeriesData]:
+        from tuner.store import Matcher, SeriesData
+
+        name = next((m.value for m in matchers if m.name == "__name__" and m.op == "="), None)
+        if name is None or start_ms < self.start_ms or end_ms > self.end_ms:
+            return self.store.select(matchers, start_ms, end_ms)
+        cached = self._by_name.get(name)
+        if cached is None:
+            cached = self.store.select([Matcher("__name__", "=", name)], self.start_ms,
+                                       self.end_ms)
+            self._by_name[name] = cached
+        out = []
+        for sd in cached:
+            if not all(m.matches(sd.name if m.name == "__name__" else sd.labels.get(m.name, ""))
+                       for m in matchers):
+                continue
+            a = int(np.searchsorted(sd.timestamps, start_ms, side="left"))
+            b = int(np.searchsorted(sd.timestamps, end_ms, side="right"))
+            if b > a:
+                out.append(SeriesData(sd.name, sd.labels, sd.timestamps[a:b], sd.values[a:b]))
+        return out
+
+
 class LocalSource:
     """History from the sidecar's embedded store, evaluated by ``tuner.promql.Engine``."""
 
@@ -60,8 +101,16 @@ class LocalSource:
         from tuner.promql import Engine
 
         self.store = store
+        self.lookback_delta = lookback_delta
         self.engine = Engine(reader=store, lookback_delta=lookback_delta)
         self.description = f"store {store.path}"
+
+    def cache_window(self, start: float, end: float) -> None:
+        """Serve reads inside ``[start, end]`` from memory, each metric read once."""
+        from tuner.promql import Engine
+
+        cache = WindowCache(self.store, math.floor(start * 1000), math.ceil(end * 1000))
+        self.engine = Engine(reader=cache, lookback_delta=self.lookback_delta)
 
     def instant(self, expr: str, ts: float) -> QueryResult:
         return self.engine.instant(expr, ts)

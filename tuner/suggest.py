@@ -3,7 +3,7 @@
 Three steps, the middle one pure:
 
 1. ``collect`` reads the window from a ``tuner.source`` source: the ``WINDOW_SIGNALS`` of
-   ``tuner.signals`` as range queries at a step (``choose_step``: 720 points or fewer, never
+   ``tuner.signals`` as range queries at a step (``choose_step``: about 300 points, never
    under 15 s), whole-window totals as instant ``increase`` queries, ``vllm:cache_config_info``
    and ``process_start_time_seconds`` for the configuration and restarts, and the workload
    fingerprint (``tuner.workload``). Series are grouped per server (``instance``), carrying
@@ -89,8 +89,9 @@ class Window:
 
 
 def choose_step(seconds: float) -> float:
-    """At most ~720 evaluations over the window, a multiple of 15 s, at least 15 s."""
-    return max(15.0, math.ceil(seconds / 720.0 / 15.0) * 15.0)
+    """At most ~300 evaluations over the window (5 minutes for a day), a multiple of 15 s,
+    at least 15 s."""
+    return max(15.0, math.ceil(seconds / 300.0 / 15.0) * 15.0)
 
 
 def parse_time(text: str, now: float) -> float:
@@ -189,6 +190,9 @@ def collect(source: Any, window: Window, selector: str = "") -> list[TargetData]
     """Read the window for every selected vLLM server; raises SuggestError if there is none."""
     grid = window.grid()
     w = format_duration(window.rate_window)
+    cache = getattr(source, "cache_window", None)
+    if cache is not None:  # the local store: read each metric of the window once
+        cache(window.start - window.rate_window - 600.0, window.end)
     by_instance: dict[str, dict[str, np.ndarray]] = {}
     display: dict[str, dict[str, str]] = {}
     gpu: dict[tuple[str, str], dict[str, np.ndarray]] = {}
@@ -867,10 +871,11 @@ def suggest(source: Any, window: Window, config: Config | None = None,
     if retention is not None and window.seconds > retention:
         notes.append(f"the window ({format_duration(window.seconds)}) is longer than the "
                      f"store's retention ({format_duration(retention)}); older data is gone")
-    rng = source.time_range()
-    if rng is not None and rng[0] > window.start + window.rate_window:
-        notes.append(f"history starts at {iso(rng[0])}: only "
-                     f"{format_duration(max(0.0, window.end - rng[0]))} of the requested "
+    first = min((float(td.grid[np.flatnonzero(_present(td))[0]]) for td in targets
+                 if _present(td).any()), default=window.start)
+    if first > window.start + window.rate_window + window.step:
+        notes.append(f"history starts at {iso(first)}: only "
+                     f"{format_duration(max(0.0, window.end - first))} of the requested "
                      f"{format_duration(window.seconds)} has data")
     report_targets = []
     all_findings, all_recs, all_conflicts = [], [], []
@@ -890,7 +895,7 @@ def suggest(source: Any, window: Window, config: Config | None = None,
                 + f". Recommendations use the last part (since {iso(last_seg.start)}), the "
                 "flags running now")
         grid = td.grid
-        present = np.isfinite(td.get("running")) | np.isfinite(td.get("kv_cache_usage"))
+        present = _present(td)
         cov = float(present.sum()) * window.step
         if cov < 0.95 * window.seconds:
             tnotes.append(f"data covers {format_duration(cov)} of the "
@@ -945,6 +950,10 @@ def suggest(source: Any, window: Window, config: Config | None = None,
         "targets": report_targets,
         "workload": workload,
     }
+
+
+def _present(td: TargetData) -> np.ndarray:
+    return np.isfinite(td.get("running")) | np.isfinite(td.get("kv_cache_usage"))
 
 
 def run_suggest(config: Config | None, since: str, until: str | None = None,
