@@ -471,7 +471,9 @@ class _AlertsCollector:
 
         alerts = Metric("tuner_alerts", "Pending and firing alerts, like Prometheus's ALERTS.",
                         "gauge")
-        for a in self.alerting.engine.alerts(include_resolved=False):
+        with self.alerting._lock:  # evaluate() mutates the alert maps
+            current = self.alerting.engine.alerts(include_resolved=False)
+        for a in current:
             alerts.add_sample("tuner_alerts", {**a.labels, "alertstate": a.state}, 1.0)
         yield alerts
         sent = Metric("tuner_notifications_sent", "Alerts delivered to an Alertmanager.",
