@@ -189,3 +189,29 @@ def test_search_fails_some_trials_survives_sigterm_resumes_and_best_flags_start(
         metrics = httpx.get(handle.metrics_url, trust_env=False, timeout=10).text
         blocks = best["flags"]["num-gpu-blocks-override"]
         assert f'num_gpu_blocks="{blocks}"' in metrics
+
+
+def test_load_generator_errors_fail_the_trial_with_the_reason(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every request is refused by a real vLLM (prompts longer than max-model-len): the
+    baseline is a failed trial with reason load_errors, the search stops there, and the
+    record keeps the numbers and the explanation."""
+    from tuner.cli import main
+
+    mark = uuid.uuid4().hex
+    data = tune_config(tiny_model_dir, tmp_path / "out", mark)
+    data["launch"]["flags"]["max-model-len"] = 512
+    data["launch"]["flags"]["num-gpu-blocks-override"] = 16
+    data["load"] = {"prompt_tokens": 1024, "output_tokens": 8, "concurrency": 4, "duration": 2}
+    cfg_path = tmp_path / "tune.yaml"
+    cfg_path.write_text(yaml.safe_dump(data))
+    code = main(["tune", "--config", str(cfg_path)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "the baseline (trial 0) failed (load_errors)" in err
+    assert "requests failed (error rate 100% > 20% allowed)" in err
+    (baseline,) = load_trials(tmp_path / "out")
+    assert baseline.state == "failed" and baseline.reason == "load_errors"
+    assert baseline.measurement is not None and baseline.measurement.errors > 0
+    assert processes_with(mark) == []
