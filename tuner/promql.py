@@ -1189,6 +1189,92 @@ def _to_ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
+class _WindowCache:
+    """Per matcher set, the samples fetched so far; later windows fetch only what is missing.
+
+    A window that starts earlier than the cached one fetches the missing head; the newest
+    ``tail_ms`` of the cache is always fetched again, so samples written up to that much late
+    (a scrape committing after an evaluation started) are seen. Data older than the widest
+    window asked for is dropped as windows slide forward.
+    """
+
+    def __init__(self, reader: SeriesReader, tail_ms: int) -> None:
+        self.reader = reader
+        self.tail_ms = tail_ms
+        self.entries: dict[tuple[Matcher, ...], _CacheEntry] = {}
+
+    def select(self, matchers: Sequence[Matcher], start_ms: int, end_ms: int) -> list[SeriesData]:
+        key = tuple(matchers)
+        entry = self.entries.get(key)
+        if entry is None:
+            entry = _CacheEntry(start_ms, end_ms)
+            entry.merge(self.reader.select(matchers, start_ms, end_ms), start_ms, end_ms)
+            self.entries[key] = entry
+        else:
+            if start_ms < entry.start:
+                head_end = entry.start - 1
+                entry.merge(self.reader.select(matchers, start_ms, head_end), start_ms, head_end)
+                entry.start = start_ms
+            tail_from = max(entry.start, entry.end - self.tail_ms)
+            if end_ms >= tail_from:
+                tail_to = max(end_ms, entry.end)
+                entry.merge(self.reader.select(matchers, tail_from, tail_to), tail_from, tail_to)
+                entry.end = tail_to
+        entry.widest = max(entry.widest, end_ms - start_ms)
+        entry.trim(end_ms - entry.widest)
+        return entry.window(start_ms, end_ms)
+
+
+class _CacheEntry:
+    def __init__(self, start: int, end: int) -> None:
+        self.start = start
+        self.end = end
+        self.widest = end - start
+        self.series: dict[tuple[str, tuple[tuple[str, str], ...]],
+                          tuple[SeriesData, np.ndarray, np.ndarray]] = {}
+
+    def merge(self, fetched: list[SeriesData], lo: int, hi: int) -> None:
+        """Replace the cached samples in [lo, hi] by ``fetched``."""
+        got = {(sd.name, tuple(sorted(sd.labels.items()))): sd for sd in fetched}
+        for key in set(self.series) | set(got):
+            old = self.series.get(key)
+            sd = got.get(key)
+            parts_t: list[np.ndarray] = []
+            parts_v: list[np.ndarray] = []
+            if old is not None:
+                _, ts, vals = old
+                keep_lo = ts < lo
+                keep_hi = ts > hi
+                parts_t.append(ts[keep_lo])
+                parts_v.append(vals[keep_lo])
+            if sd is not None:
+                parts_t.append(np.asarray(sd.timestamps, dtype=np.int64))
+                parts_v.append(np.asarray(sd.values, dtype=np.float64))
+            if old is not None:
+                parts_t.append(ts[keep_hi])
+                parts_v.append(vals[keep_hi])
+            proto = sd if sd is not None else old[0]  # type: ignore[index]
+            self.series[key] = (proto, np.concatenate(parts_t), np.concatenate(parts_v))
+
+    def trim(self, before: int) -> None:
+        if before <= self.start:
+            return
+        self.start = before
+        for key, (proto, ts, vals) in list(self.series.items()):
+            i = int(np.searchsorted(ts, before, side="left"))
+            if i:
+                self.series[key] = (proto, ts[i:], vals[i:])
+
+    def window(self, lo: int, hi: int) -> list[SeriesData]:
+        out = []
+        for proto, ts, vals in self.series.values():
+            a = int(np.searchsorted(ts, lo, side="left"))
+            b = int(np.searchsorted(ts, hi, side="right"))
+            if a < b:
+                out.append(SeriesData(proto.name, proto.labels, ts[a:b], vals[a:b]))
+        return out
+
+
 class _Data:
     """Fetched series per selector, kept in memory for the evaluation steps."""
 
@@ -1209,6 +1295,8 @@ class _Data:
             stale = vals.view(np.uint64) == _STALE_BITS
             lbls = tuple(sorted((k, v) for k, v in {**sd.labels, NAME: sd.name}.items() if v))
             out.append(_Series(lbls, ts, vals, stale, bool(stale.any())))
+        # Prometheus hands series to the engine sorted by label set; sums follow that order
+        out.sort(key=lambda s: s.labels)
         self.series[sel] = out
 
 
@@ -1730,11 +1818,20 @@ def _to_elements(vec: _Vec) -> tuple[Element, ...]:
 
 
 class Engine:
-    """Evaluates PromQL over a SeriesReader; ``lookback_delta`` in seconds (Prometheus: 5m)."""
+    """Evaluates PromQL over a SeriesReader; ``lookback_delta`` in seconds (Prometheus: 5m).
 
-    def __init__(self, reader: SeriesReader, lookback_delta: float = 300.0) -> None:
-        self.reader = reader
+    With ``cache=True`` the engine keeps the samples it read between queries and fetches only
+    what a new window adds (plus the newest ``cache_tail`` seconds again, for samples written
+    late). That suits a long-lived rule evaluator over a store that only grows at its end
+    (the daemon's scrape loop); do not use it over a reader whose older data changes
+    (backfill), because a cached window does not see writes older than ``cache_tail``.
+    """
+
+    def __init__(self, reader: SeriesReader, lookback_delta: float = 300.0, *,
+                 cache: bool = False, cache_tail: float = 300.0) -> None:
         self.lookback_delta = lookback_delta
+        self.source = reader
+        self.reader: SeriesReader = _WindowCache(reader, _to_ms(cache_tail)) if cache else reader
 
     def _expr(self, expr: str | Expr) -> Expr:
         return parse_expr(expr) if isinstance(expr, str) else expr

@@ -437,9 +437,10 @@ def dashboard_expressions() -> list[tuple[str, str]]:
 
 
 class Setup:
-    def __init__(self, prom: PrometheusServer, engine: Engine, t0: int) -> None:
+    def __init__(self, prom: PrometheusServer, engine: Engine, cached: Engine, t0: int) -> None:
         self.prom = prom
         self.engine = engine
+        self.cached = cached  # one long-lived caching engine sees every query in turn
         self.t0 = t0
         end = t0 + HOURS * 3600
         # around the start, mid-way, in the v0 gap, right after the v1 restart, after "both"
@@ -457,7 +458,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     store.append_points(points)
     prom = start_prometheus(tmp / "prometheus", points=points)
     try:
-        yield Setup(prom, Engine(store), t0)
+        yield Setup(prom, Engine(store), Engine(store, cache=True), t0)
     finally:
         prom.stop()
         store.close()
@@ -504,6 +505,9 @@ def compare(s: Setup, expr: str, times: list[int] | None = None) -> int:
             assert exc.error_type == "execution", exc
             continue
         got = _ours(s.engine.instant(expr, ts))
+        cached = _ours(s.cached.instant(expr, ts))
+        assert set(cached) == set(got), f"{expr} @ {ts - s.t0}s: cached engine differs"
+        assert all(_close(cached[k], v) for k, v in got.items()), f"{expr}: cached values"
         if data["resultType"] == "scalar":
             want = {(): float(data["result"][1])}
         else:

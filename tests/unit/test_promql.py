@@ -264,3 +264,27 @@ def test_result_kinds_and_range(store: Store) -> None:
     # last sample at 585: visible through 885 (lookback), gone at 900+
     assert after[0].timestamps.tolist() == [T0 + 600, T0 + 700, T0 + 800]
     assert np.all(after[0].values == 585.0)
+
+
+def test_window_cache_matches_uncached_as_data_grows(store: Store) -> None:
+    """A long-lived caching engine sees samples appended later, including late writes."""
+    plain = Engine(store)
+    cached = Engine(store, cache=True, cache_tail=60)
+    exprs = ["rate(c_total[5m])", "increase(c_total[1h])", "c_total", "count_over_time(c_total[2m])",
+             "rate(c_total[1m] offset 10m)", "sum(rate(c_total[30m]))"]
+    value = 0.0
+    for step in range(0, 240):
+        t = step * 15
+        value += 3.0
+        labels = {"job": "a"} if step < 200 else {"job": "b"}  # a new series appears late
+        put(store, "c_total", labels, [(t, value)])
+        if step % 20 == 19:
+            put(store, "c_total", {"job": "a"}, [(t - 30, value - 5.5)])  # overwrite, late
+        for e in exprs:
+            want = plain.instant(e, T0 + t)
+            got = cached.instant(e, T0 + t)
+            assert {tuple(sorted(x.labels.items())): x.value for x in got.vector} == pytest.approx(
+                {tuple(sorted(x.labels.items())): x.value for x in want.vector}), (e, t)
+    # an older window than anything seen so far fetches the missing head
+    assert vec(cached, "count_over_time(c_total[1h])", 3600) == vec(
+        plain, "count_over_time(c_total[1h])", 3600)
