@@ -220,6 +220,15 @@ def _mean_metric(c: Any, name: str) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+def _knob_cell(trial: Any, knob: Any) -> str:
+    """A knob's value in a trial: the searched value, else the launch flag, else vLLM's default."""
+    point = trial.search_point
+    if knob.name in point:
+        return _num(point[knob.name])
+    value = trial.flags.get(knob.flag)
+    return _num(value) if value is not None else "default"
+
+
 def render_tune_report(outcome: Any) -> str:
     """``report.md``: best flags against the baseline, the verdict, commands, every trial."""
     import json
@@ -317,8 +326,7 @@ def render_tune_report(outcome: Any) -> str:
     lines.append("|" + " --- |" * (7 + len(knobs)))
     for t in outcome.trials:
         m = t.measurement
-        p = t.search_point
-        vals = " | ".join(_num(p.get(k)) or "base" for k in knobs)
+        vals = " | ".join(_knob_cell(t, k) for k in cfg.space.knobs)
         lines.append(
             f"| {t.number} | {t.kind} | {t.state} | {vals} | {_fmt_value(t.objective, unit)} | "
             f"{_ms(m.ttft_p99 if m else None)} | {_ms(m.itl_p99 if m else None)} | "
@@ -519,21 +527,20 @@ class TuneLiveView:
         self.live.__exit__(None, None, None)
 
     def trial_started(self, number: int, step: Any) -> None:
-        knobs = [k.name for k in self.cfg.space.knobs]
         p = step.point
+        flags = step.flags or {}
         self.rows[number] = [str(number), step.kind, "[cyan]running",
-                             *(_num(p.get(k)) or "base" for k in knobs), "", "", "", ""]
+                             *(_num(p[k.name]) if k.name in p else _num(flags.get(k.flag))
+                               or "default" for k in self.cfg.space.knobs), "", "", "", ""]
         self.progress.update(self.task, description=f"trial {number} ({step.kind})")
         self.live.update(self._render())
 
     def trial_finished(self, trial: Any, planned: int) -> None:
-        knobs = [k.name for k in self.cfg.space.knobs]
         color = {"ok": "green", "slo": "yellow", "failed": "red"}.get(trial.state, "white")
         m = trial.measurement
-        p = trial.search_point
         self.rows[trial.number] = [
             str(trial.number), trial.kind, f"[{color}]{trial.state}",
-            *(_num(p.get(k)) or "base" for k in knobs),
+            *(_knob_cell(trial, k) for k in self.cfg.space.knobs),
             _fmt_value(trial.objective, self.cfg.objective.unit),
             _ms(m.ttft_p99 if m else None), _ms(m.itl_p99 if m else None),
             trial.reason or ", ".join(sorted(trial.violations)),

@@ -166,8 +166,10 @@ class Knob:
             value = value.item()
         if self.kind == "integer":
             return round(float(value))
-        if self.kind == "real":
-            return float(value)
+        if self.kind == "real":  # 4 significant digits: readable flags, same optimizer point
+            return min(
+                max(float(f"{float(value):.4g}"), float(self.low or 0)), float(self.high or 0)
+            )
         for v in self.values:  # categorical: return the configured object itself
             if v == value and type(v) is type(value):
                 return v
