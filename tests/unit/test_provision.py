@@ -178,6 +178,9 @@ def test_provision_writes_every_file_with_config_values(tmp_path: Path) -> None:
     assert cost["query"] == "3.25"
     exprs = "\n".join(e for _, _, e in dashboards.json_exprs(overview))
     assert 'le=~"0\\\\.5"' in exprs  # TTFT SLO 0.5 s
+    slo_rules = (out / "prometheus/rules/slo.yaml").read_text()
+    assert 'time_to_first_token_seconds_bucket{le=~"0\\\\.5"}' in slo_rules  # rules got the SLO
+    assert slo_rules != rule_files(SLO())["slo.yaml"]
     provider = yaml.safe_load((out / "grafana/provisioning/dashboards/tuner.yaml").read_text())
     assert provider["providers"][0]["options"]["path"] == str((out / "grafana/dashboards").resolve())
     am = yaml.safe_load((out / "alertmanager/alertmanager.yml").read_text())
