@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from tuner.config import Config
-from tuner.errors import StoreError, TunerError
+from tuner.errors import ConfigError, StoreError, TunerError
 from tuner.exposition import Labels, Sample, labels_of
 from tuner.notify import Notifier
 from tuner.scrape import ScrapeOutcome, make_client, scrape_all
@@ -107,6 +107,8 @@ class Daemon:
     ) -> None:
         self.config = config
         self.clock = clock
+        # a bad suggest.schedule refuses to start before anything is opened
+        self._suggest_trigger = suggest_trigger(config) if config.suggest.schedule else None
         self.store = store or Store(
             config.store.path, config.store.retention, config.store.max_bytes, clock=clock
         )
@@ -270,6 +272,14 @@ class Daemon:
             next_run_time=_now_dt(),
             misfire_grace_time=max(1, int(self.config.evaluation_interval)),
         )
+        if self._suggest_trigger is not None:
+            self.scheduler.add_job(
+                self.scheduled_suggest,
+                self._suggest_trigger,
+                id="suggest",
+                max_instances=1,
+                coalesce=True,
+            )
         self.scheduler.start()
         log.info(
             "tuner daemon: %d targets every %gs, store %s, listening on %s",
@@ -278,6 +288,19 @@ class Daemon:
             self.config.store.path,
             self.config.listen,
         )
+
+    def scheduled_suggest(self) -> None:
+        """The cron job of ``suggest.schedule``: a report kept in the store (last N)."""
+        from tuner.suggest import run_scheduled_suggest
+
+        try:
+            report = run_scheduled_suggest(self.config, self.store, self.clock())
+        except Exception:  # a bug in suggest must not kill the scheduler thread
+            log.exception("scheduled suggest failed")
+            return
+        log.info("scheduled suggest: %d recommendation(s)%s",
+                 len(report.get("recommendations", [])),
+                 f" ({report['error']})" if "error" in report else "")
 
     @property
     def address(self) -> tuple[str, int]:
@@ -300,6 +323,19 @@ class Daemon:
         self.client.close()
         self.store.close()
         self.stopped.set()
+
+
+def suggest_trigger(config: Config) -> Any:
+    """The APScheduler CronTrigger of ``suggest.schedule`` (UTC); ConfigError if invalid."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        return CronTrigger.from_crontab(str(config.suggest.schedule), timezone="UTC")
+    except ValueError as exc:
+        raise ConfigError(
+            f"{config.source or '<config>'}: suggest.schedule: {config.suggest.schedule!r} "
+            f"is not a valid cron expression ({exc})"
+        ) from None
 
 
 def _now_dt() -> Any:

@@ -84,3 +84,16 @@ def test_fingerprint_without_spec_decode_or_prefix_cache(tmp_path: Path) -> None
                                           "num_speculative_tokens": None}
     assert fp["prefix_cache_hit_rate"] is None
     assert fp["request_rate_per_s"] == pytest.approx(5.0, rel=0.02)
+
+
+def test_fingerprint_is_a_load_spec_for_tune(day_store) -> None:
+    from tuner.load import load_spec_from_workload
+
+    sc, store = day_store
+    fp = json.loads(json.dumps(fingerprint(LocalSource(store), sc.start, sc.end)))
+    spec = load_spec_from_workload(fp, duration=10.0)
+    assert spec.prompt_tokens.kind == "empirical" and spec.output_tokens.kind == "empirical"
+    assert spec.request_rate == pytest.approx(fp["request_rate_per_s"])
+    assert spec.prefix_share == pytest.approx(0.35, rel=1e-3)
+    # the empirical edges are the histogram's bucket bounds
+    assert 500.0 in spec.prompt_tokens.edges
