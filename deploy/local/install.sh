@@ -24,6 +24,13 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
+# kubectl (with its built-in kustomize) ships in this machine image; the provisioning tests use it.
+if ! command -v kubectl >/dev/null; then
+  echo "install.sh: kubectl is missing: the Kubernetes manifest tests need 'kubectl kustomize'" >&2
+  echo "            (install the kubectl package from your distribution or Kubernetes' apt repository)" >&2
+  exit 1
+fi
+
 if ! python3 -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('${TORCH_VERSION}') else 1)" 2>/dev/null; then
   echo "== pip: torch ${TORCH_VERSION} (CPU)"
   $PIP install -q "torch==${TORCH_VERSION}"
