@@ -147,9 +147,10 @@ def _rate(name: str, old: str | None = None) -> str:
 
 WINDOW_SIGNALS: tuple[Signal, ...] = (
     Signal("kv_cache_usage",
-           "max by ($BY) (vllm:kv_cache_usage_perc$SEL)"
-           " or max by ($BY) (vllm:gpu_cache_usage_perc$SEL)",
-           "ratio", "KV-cache blocks in use, 0..1 (the highest engine of a server)."),
+           "max by ($BY) (max_over_time(vllm:kv_cache_usage_perc$SEL[$W]))"
+           " or max by ($BY) (max_over_time(vllm:gpu_cache_usage_perc$SEL[$W]))",
+           "ratio", "Peak KV-cache usage, 0..1, over each step's window (the highest engine "
+           "of a server), so a full cache between two evaluation steps is not missed."),
     Signal("waiting", "sum by ($BY) (vllm:num_requests_waiting$SEL)", "requests",
            "Requests queued for a batch slot or KV blocks."),
     Signal("running", "sum by ($BY) (vllm:num_requests_running$SEL)", "requests",

@@ -3,8 +3,8 @@
 Three steps, the middle one pure:
 
 1. ``collect`` reads the window from a ``tuner.source`` source: the ``WINDOW_SIGNALS`` of
-   ``tuner.signals`` as range queries at a step (``choose_step``: about 300 points, never
-   under 15 s), whole-window totals as instant ``increase`` queries, ``vllm:cache_config_info``
+   ``tuner.signals`` as range queries at a step (``choose_step``: at most 300 points, at
+   least 5 s), whole-window totals as instant ``increase`` queries, ``vllm:cache_config_info``
    and ``process_start_time_seconds`` for the configuration and restarts, and the workload
    fingerprint (``tuner.workload``). Series are grouped per server (``instance``), carrying
    ``model_name``/``namespace``/``deployment``/``pod`` when present; DCGM GPU series are
@@ -88,10 +88,13 @@ class Window:
         return self.start + self.step * np.arange(n, dtype=np.float64)
 
 
+_STEPS = (5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0)
+
+
 def choose_step(seconds: float) -> float:
-    """At most ~300 evaluations over the window (5 minutes for a day), a multiple of 15 s,
-    at least 15 s."""
-    return max(15.0, math.ceil(seconds / 300.0 / 15.0) * 15.0)
+    """The smallest round step giving at most 300 evaluations (5 s for 10m, 5 min for a
+    day, 1 h for a week or more)."""
+    return next((s for s in _STEPS if seconds / s <= 300.0), _STEPS[-1])
 
 
 def parse_time(text: str, now: float) -> float:

@@ -336,7 +336,8 @@ def test_bad_until_and_selector() -> None:
         validate_selector("model_name=x")
     assert validate_selector('{model_name="x", instance=~"a.*"}')
     assert make_window("24h", "2026-11-20T00:00:00Z", 0).end == 1795132800.0
-    assert choose_step(86400) == 300.0 and choose_step(600) == 15.0
+    assert choose_step(86400) == 300.0 and choose_step(600) == 5.0
+    assert choose_step(3600) == 15.0 and choose_step(7 * 86400) == 3600.0
 
 
 def test_unreachable_prometheus() -> None:
