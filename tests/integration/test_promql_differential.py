@@ -584,3 +584,11 @@ def test_range_query(setup: Setup, expr: str) -> None:
         assert set(got[k]) == set(pts), f"{expr} {dict(k)}: steps differ"
         for t, v in pts.items():
             assert _close(got[k][t], v), f"{expr} {dict(k)} @ {t}: {got[k][t]} != {v}"
+
+
+def test_rules_and_dashboards_see_data(setup: Setup) -> None:
+    """Most rule and dashboard expressions return series on this data (not a vacuous match)."""
+    exprs = [e for _, e in RULES + DASHBOARDS]
+    with_data = sum(1 for e in exprs if compare(setup, e, setup.times[1:4]) > 0)
+    print(f"{with_data} of {len(exprs)} rule/dashboard expressions return data")
+    assert with_data >= 0.6 * len(exprs)
