@@ -506,13 +506,18 @@ def test_csv_json_report_and_plots(tmp_path: Path) -> None:
             assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
 
 
-def test_writing_results_to_a_full_disk_is_a_clear_error(tmp_path: Path) -> None:
-    out = finished_search(tmp_path)
-    full = Path("/dev/full")
+def test_results_on_a_full_disk_are_a_clear_error(tmp_path: Path) -> None:
+    """The first result file is written through /dev/full, which fails with ENOSPC."""
     from tuner.errors import TunerError
 
-    with pytest.raises(TunerError, match="cannot write tune results to /dev/full"):
-        write_tune_outputs(out, full)
+    out = finished_search(tmp_path)
+    res = tmp_path / "res"
+    res.mkdir()
+    (res / "trials.csv.tmp").symlink_to("/dev/full")
+    with pytest.raises(TunerError, match=r"cannot write tune results to .*res: No space left "
+                       r"on device \(is the disk full\?\); the trials are safe in tune.db"):
+        write_tune_outputs(out, res)
+    assert not (res / "trials.csv").exists()
 
 
 def test_pareto_front() -> None:
