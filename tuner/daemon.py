@@ -426,7 +426,8 @@ class Alerting:
             querier = PrometheusSource(config.prometheus_url)
             writer: Store | None = None
         else:
-            querier = Engine(reader=store)
+            # long-lived evaluator over a store that grows at its end: cache read windows
+            querier = Engine(reader=store, cache=True)
             writer = store
         self.engine = RuleEngine(
             rules, querier, writer=writer, documents=store,
