@@ -671,7 +671,10 @@ def analyze(td: TargetData, slo: SLO, launch: Mapping[str, Any], step: float,
             return (v if v is not None else cfg[cfg_key]), "cache_config_info"
         v = launch_value(launch, flag)
         if v is not None:
-            return (_num(v) if _num(v) is not None else v), "launch"
+            f = _num(v)
+            if f is None:
+                return v, "launch"
+            return (int(f) if f.is_integer() and cfg_key is None else f), "launch"
         return None, "unknown"
 
     seqs_cur, seqs_src = current("max-num-seqs")
