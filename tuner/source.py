@@ -280,6 +280,11 @@ class PrometheusSource:
         resp = self._call(
             "GET /-/ready", self.session.get, f"{self.url}/-/ready", timeout=self.timeout
         )
+        if resp.status_code == 404:  # behind a proxy that only forwards the API
+            resp = self._call(
+                "GET /api/v1/query", self.session.get, f"{self.url}/api/v1/query",
+                params={"query": "1"}, timeout=self.timeout,
+            )
         if resp.status_code != 200:
             raise SourceError(
                 f"Prometheus at {self.url} is not ready: HTTP {resp.status_code} "

@@ -396,3 +396,27 @@ def test_scheduled_suggest_keeps_the_last_reports(tmp_path: Path) -> None:
         empty = run_scheduled_suggest(cfg, store, START - 86400.0)
         assert "no vLLM metrics" in empty["error"]
         assert len(store.documents("suggest_report")) == 2
+
+
+def test_url_that_is_not_a_prometheus() -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(404)
+            self.end_headers()
+            self.wfile.write(b"no such page")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        with pytest.raises(SourceError, match=f"Prometheus at {url} is not ready: HTTP 404"):
+            run_suggest(None, "1h", prometheus=url)
+    finally:
+        srv.shutdown()
+        srv.server_close()
