@@ -629,7 +629,7 @@ class RuleSet:
         return tuple(r.name for r in self.rules if r.kind == "alert")
 
 
-_GROUP_KEYS = {"name", "interval", "rules", "limit", "query_offset"}
+_GROUP_KEYS = {"name", "interval", "rules", "limit"}
 _RULE_KEYS = {"record", "alert", "expr", "for", "keep_firing_for", "labels", "annotations"}
 
 
@@ -1205,6 +1205,10 @@ class RuleEngine:
                 return [], st.last_error
             seen.add(key)
             points.append((st.rule.name, key, ts_ms, value))
+        if st.group.limit and len(points) > st.group.limit:
+            st.last_error = (f"{self._where(st)}: exceeded limit of {st.group.limit} "
+                             f"with {len(points)} series")
+            return [], st.last_error
         for key in st.written - seen:
             points.append((st.rule.name, key, ts_ms, STALE_NAN))
         st.written = seen
@@ -1268,6 +1272,12 @@ class RuleEngine:
             if a.state == "pending" and ts - a.active_at >= rule.for_seconds:
                 a.state = "firing"
                 a.fired_at = ts
+        active = sum(1 for a in st.active.values() if a.state != "inactive")
+        if st.group.limit and active > st.group.limit:
+            st.active.clear()  # as Prometheus does: the rule's alerts are dropped
+            st.last_error = (f"{self._where(st)}: exceeded limit of {st.group.limit} "
+                             f"with {active} alerts")
+            return st.last_error
         st.last_error = ""
         return ""
 

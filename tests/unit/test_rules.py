@@ -462,3 +462,14 @@ def test_evaluation_errors_name_the_rule_and_keep_state(tmp_path: Path) -> None:
     rep = eng.evaluate(0.0)
     assert len(rep.errors) == 1 and "group 'g': alert 'Dup'" in rep.errors[0]
     store.close()
+
+
+def test_group_limit_is_enforced_like_prometheus(tmp_path: Path) -> None:
+    store = _store_with(tmp_path, [1, 1])
+    store.append_points([("x", (("instance", "b"),), 0, 1.0)])
+    rules = "groups:\n- name: g\n  limit: 1\n  rules:\n  - {alert: A, expr: x > 0}\n"
+    eng = _engine(store, rules)
+    rep = eng.evaluate(0.0)
+    assert rep.errors == ("t.yaml: group 'g': alert 'A': exceeded limit of 1 with 2 alerts",)
+    assert eng.alerts() == []
+    store.close()
