@@ -71,6 +71,10 @@ def load_surface(path: Path) -> tuple[dict[tuple[int, int], list[dict[str, Any]]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT / "benchmarks" / "data" / "surface_cpu.json")
+    ap.add_argument("--initial-points", type=int, default=None,
+                    help="override the example's optimizer.initial_points")
+    ap.add_argument("--acq", default=None, help="override optimizer.acq_func (EI, PI, LCB, ...)")
+    ap.add_argument("--estimator", default=None, help="override optimizer.estimator (GP, RF, ET)")
     args = ap.parse_args()
     os.environ.setdefault("TUNER_TINY_MODEL_DIR", "/unused")
     cfg = load_tune_config(ROOT / "examples" / "tune-cpu.yaml")
@@ -85,6 +89,9 @@ def main() -> None:
         replace(knobs["gpu-memory-utilization"], low=0, high=len(blocks) - 1, log=False),
     ))
     cfg = replace(cfg, space=space, budget=replace(cfg.budget, trials=MAX_BUDGET))
+    over = {k: v for k, v in (("initial_points", args.initial_points), ("acq_func", args.acq),
+                              ("estimator", args.estimator)) if v is not None}
+    cfg = replace(cfg, optimizer=replace(cfg.optimizer, **over))
 
     def measurement(t: dict[str, Any]) -> Measurement | None:
         m = t.get("measurement")
@@ -154,6 +161,7 @@ def main() -> None:
     print(f"surface: {args.data.name}: {len(runs)} grid points x "
           f"{statistics.fmean(len(r) for r in runs.values()):.1f} runs "
           f"({len(data['trials'])} real vLLM CPU trials)")
+    print(f"optimizer: {cfg.optimizer}")
     print(f"grid optimum {optimum:,.0f} tok/s at {max(truth, key=lambda k: truth[k])} "
           f"(max-num-seqs, blocks); 95% target {target:,.0f}; "
           f"SLO p99 TTFT <= {cfg.slo.ttft_p99_seconds}s, p99 ITL <= {cfg.slo.itl_p99_seconds}s")
