@@ -10,8 +10,9 @@ every later test of the session, stopped — process group and all — at sessio
 - ``tiny_model_dir``          -> Path of the generated tiny Llama (tests.support.tiny_model)
 - ``vllm_server``             -> VllmServer: default flags, 256 MiB KV cache, OMP bound to core 0
 - ``vllm_preempting_server``  -> VllmServer: ``--num-gpu-blocks-override 24`` (3,072 tokens of
-                                 KV) and ``--max-num-seqs 64``, so 32 concurrent 256+512-token
-                                 requests cause real preemptions; OMP bound to core 1
+                                 KV), ``--max-num-seqs 64``, ``--max-model-len 2048``, so 32
+                                 concurrent 256+512-token requests cause real preemptions;
+                                 OMP bound to core 1
 - ``vllm_specdecode_server``  -> VllmServer: ngram speculative decoding (3 tokens); core 1
 
 ``VllmServer`` has ``url`` (``http://127.0.0.1:PORT``), ``metrics_url``, ``port``, ``model``
@@ -46,8 +47,10 @@ VLLM_CACHE_ROOT = REPO_ROOT / ".cache" / "vllm"
 #: KV cache for test servers: the tiny model needs 4 KiB per token, so 256 MiB = 64k tokens.
 DEFAULT_KV_BYTES = 256 * 1024 * 1024
 HEALTH_TIMEOUT = float(os.environ.get("TUNER_VLLM_HEALTH_TIMEOUT", "240"))
-#: Flags of the preempting server: 24 blocks x 128 tokens = 3,072 tokens of KV cache.
-PREEMPTING_FLAGS: Mapping[str, Any] = {"num-gpu-blocks-override": 24, "max-num-seqs": 64}
+#: Flags of the preempting server: 24 blocks x 128 tokens = 3,072 tokens of KV cache, so
+#: max-model-len must fit in it (vLLM refuses to start when one max-length request cannot).
+PREEMPTING_FLAGS: Mapping[str, Any] = {"num-gpu-blocks-override": 24, "max-num-seqs": 64,
+                                       "max-model-len": 2048}
 SPECDECODE_CONFIG = {"method": "ngram", "num_speculative_tokens": 3,
                      "prompt_lookup_max": 3, "prompt_lookup_min": 1}
 SERVED_NAME = "tiny-llama"
