@@ -268,9 +268,11 @@ def render_tune_report(outcome: Any) -> str:
                     f"{_num(_mean_metric(c, 'error_rate'), 3) or '-'} | {', '.join(missed)} |"
                 )
     elif outcome.comparison is not None:
+        confirmed = any(t.kind == "confirm" for t in outcome.trials)
         lines.append(f"**{outcome.comparison.verdict}** (winner vs baseline, "
-                     f"{outcome.comparison.winner_n} vs {outcome.comparison.baseline_n} runs, "
-                     "re-measured interleaved)")
+                     f"{outcome.comparison.winner_n} vs {outcome.comparison.baseline_n} runs"
+                     + (", re-measured interleaved)" if confirmed else
+                        "; no interleaved re-measurement was configured)"))
     lines.append("")
     lines.append("## Best against baseline")
     lines.append("")
