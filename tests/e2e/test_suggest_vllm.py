@@ -88,3 +88,4 @@ def test_suggest_recommends_fewer_seqs_or_more_kv_after_preemptions(
         capture_output=True, text=True, timeout=120, cwd=tmp_path, check=True,
     ).stdout
     assert "--max-num-seqs" in table or "--gpu-memory-utilization" in table
+    print(table)  # shown with -rP: the figures of this run
