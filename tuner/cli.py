@@ -107,7 +107,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         print(outcome.comparison.verdict)
     elif outcome.winner is None:
         print("no searched configuration met the SLO; see report.md for the closest ones")
-    print("best: " + " ".join(outcome.best_args))
+    print(f"recommended ({outcome.recommend}): " + " ".join(outcome.best_args))
     for path in paths:
         print(f"wrote {path}")
     return 0

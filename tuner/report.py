@@ -153,7 +153,7 @@ def tune_best_json(outcome: Any) -> dict[str, Any]:
         "flags": dict(outcome.best_flags),
         "args": list(outcome.best_args),
         "vllm_serve": vllm_serve_command(outcome),
-        "source": "winner" if outcome.winner is not None else "baseline",
+        "source": outcome.recommend,
         "slo_met": outcome.winner is not None,
         "objective": {"kind": cfg.objective.kind, "unit": cfg.objective.unit},
         "winner": _cand_json(outcome.winner),
@@ -268,6 +268,10 @@ def render_tune_report(outcome: Any) -> str:
                     f"{_num(_mean_metric(c, 'error_rate'), 3) or '-'} | {', '.join(missed)} |"
                 )
     elif outcome.comparison is not None:
+        if outcome.recommend == "baseline":
+            lines.append("Keep the baseline flags: the best candidate did not beat them beyond "
+                         "the noise.")
+            lines.append("")
         confirmed = any(t.kind == "confirm" for t in outcome.trials)
         lines.append(f"**{outcome.comparison.verdict}** (winner vs baseline, "
                      f"{outcome.comparison.winner_n} vs {outcome.comparison.baseline_n} runs"
@@ -276,7 +280,7 @@ def render_tune_report(outcome: Any) -> str:
     lines.append("")
     lines.append("## Best against baseline")
     lines.append("")
-    lines.append("| | baseline | best |")
+    lines.append("| | baseline | best candidate |")
     lines.append("| --- | --- | --- |")
     b, w = outcome.baseline, outcome.winner or outcome.baseline
 
@@ -305,7 +309,8 @@ def render_tune_report(outcome: Any) -> str:
         lines.append(f"| gain | | {c.gain * 100:+.1f}% ({c.gain_low * 100:+.1f}% .. "
                      f"{c.gain_high * 100:+.1f}%) |")
     lines.append("")
-    lines.append("Flags: `" + json.dumps(dict(outcome.best_flags), sort_keys=True) + "`")
+    lines.append(f"Recommended flags ({outcome.recommend}): `"
+                 + json.dumps(dict(outcome.best_flags), sort_keys=True) + "`")
     lines.append("")
     lines.append("## Apply")
     lines.append("")
@@ -498,7 +503,11 @@ class TuneLiveView:
         )
 
         self.cfg = outcome_config
-        self.console = console or Console(stderr=True)
+        if console is None:
+            console = Console(stderr=True)
+            if not console.is_terminal:  # a log file: room for every column
+                console = Console(stderr=True, width=160)
+        self.console = console
         self.progress = Progress(TextColumn("[bold]tune"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("{task.description}"),
                                  console=self.console)

@@ -1373,6 +1373,7 @@ class TuneOutcome:
     complete: bool
     best_flags: Mapping[str, Any] = field(default_factory=dict)
     best_args: tuple[str, ...] = ()
+    recommend: str = "baseline"
 
     @property
     def slo_met(self) -> bool:
@@ -1393,7 +1394,11 @@ def summarize_search(
         comparison = compare(winner, baseline, cfg.objective, cfg.noise)
     infeasible = [c for s, c in groups.items() if s != "baseline" and not c.feasible and c.values]
     infeasible.sort(key=lambda c: (c.mean_loss, c.subject))
-    best = winner if winner is not None else baseline
+    # Recommend the winner only when it beat the baseline beyond the noise.
+    recommend = "winner" if winner is not None and (
+        comparison is None or comparison.significant
+    ) else "baseline"
+    best = winner if recommend == "winner" else baseline
     best_flags = dict(best.flags) if best is not None else dict(cfg.baseline_flags)
     return TuneOutcome(
         cfg,
@@ -1405,6 +1410,7 @@ def summarize_search(
         complete,
         best_flags,
         tuple(serve_args(cfg, best_flags)),
+        recommend,
     )
 
 

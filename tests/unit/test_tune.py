@@ -506,6 +506,29 @@ def test_csv_json_report_and_plots(tmp_path: Path) -> None:
             assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
 
 
+def test_a_gain_inside_the_noise_recommends_the_baseline() -> None:
+    cfg = config(noise={"finalists": 1, "repeats": 0, "confirm_rounds": 1})
+    opt = make_optimizer(cfg)
+    trials = [trial(cfg, 0, "baseline", None, 1000.0)]
+    for i, v in enumerate([1100.0, 900.0, 950.0, 1000.0], start=1):
+        (s,) = plan_steps(trials, cfg, opt)
+        t = trial(cfg, i, "search", dict(s.point), v)
+        trials.append(t)
+        opt.tell([list(s.x or ())], [t.loss])
+    while steps := plan_steps(trials, cfg, opt):
+        s = steps[0]
+        trials.append(trial(cfg, len(trials), s.kind, None if s.subject == "baseline"
+                            else dict(s.point), 1080.0 if s.subject == "baseline" else 1050.0))
+    out = summarize_search(cfg, trials)
+    assert out.winner is not None and out.comparison is not None
+    assert not out.comparison.significant and out.recommend == "baseline"
+    assert dict(out.best_flags) == dict(cfg.baseline_flags)
+    best = tune_best_json(out)
+    assert best["source"] == "baseline" and best["gain"]["significant"] is False
+    md = render_tune_report(out)
+    assert "no significant gain" in md and "Keep the baseline flags" in md
+
+
 def test_results_on_a_full_disk_are_a_clear_error(tmp_path: Path) -> None:
     """The first result file is written through /dev/full, which fails with ENOSPC."""
     from tuner.errors import TunerError
