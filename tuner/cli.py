@@ -23,14 +23,22 @@ Handler = Callable[[argparse.Namespace], int]
 def _add_run(sub: Any) -> None:
     p = sub.add_parser("run", help="run the sidecar daemon (scrape, store, rules, alerts)")
     p.add_argument("--config", "-c", required=True, help="tuner.yaml")
+    p.add_argument(
+        "--prometheus",
+        metavar="URL",
+        help="fleet mode: evaluate the rules against this Prometheus (overrides prometheus_url)",
+    )
     p.set_defaults(handler=_cmd_run)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from tuner.config import load_config
+    from tuner.config import load_config, with_prometheus_url
     from tuner.daemon import run_daemon
 
-    return run_daemon(load_config(args.config))
+    config = load_config(args.config)
+    if args.prometheus:
+        config = with_prometheus_url(config, args.prometheus, "--prometheus")
+    return run_daemon(config)
 
 
 def _add_status(sub: Any) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -437,6 +437,12 @@ def _parse_targets(r: _Reader, raw: Any) -> tuple[Target, ...]:
             )
         )
     return tuple(targets)
+
+
+def with_prometheus_url(config: Config, url: str, where: str = "prometheus_url") -> Config:
+    """The config with ``prometheus_url`` replaced (e.g. from ``--prometheus``); validated."""
+    checked = _Reader(where).url(url, where).rstrip("/")
+    return replace(config, prometheus_url=checked)
 
 
 def load_config(path: str | Path) -> Config:

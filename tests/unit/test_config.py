@@ -135,3 +135,18 @@ def test_run_with_bad_config_exits_nonzero_before_starting(tmp_path: Path) -> No
     assert "scrape_interval" in proc.stderr and str(f) in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "store.db").exists()
+
+
+def test_prometheus_flag_overrides_and_is_validated(tmp_path: Path) -> None:
+    from tuner.config import with_prometheus_url
+
+    cfg = parse_config({"prometheus_url": "http://a:9090/"})
+    assert cfg.prometheus_url == "http://a:9090"
+    assert with_prometheus_url(cfg, "http://b:9090/").prometheus_url == "http://b:9090"
+    with pytest.raises(ConfigError, match="--prometheus: 'b:9090' is not an http"):
+        with_prometheus_url(cfg, "b:9090", "--prometheus")
+    f = tmp_path / "t.yaml"
+    f.write_text("targets: []\n")
+    proc = subprocess.run([sys.executable, "-m", "tuner", "run", "--config", str(f),
+                           "--prometheus", "not-a-url"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--prometheus" in proc.stderr
