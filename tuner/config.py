@@ -167,6 +167,16 @@ class SuggestSchedule:
 
 
 @dataclass(frozen=True)
+class TuneWindow:
+    """A tuning window run by the daemon: ``tuner tune`` on a cron schedule, canaries only."""
+
+    config: Path | None = None
+    schedule: str | None = None
+    trials: int | None = None
+    out: Path = Path("tune-runs")
+
+
+@dataclass(frozen=True)
 class Config:
     """The validated configuration of a tuner daemon."""
 
@@ -185,6 +195,7 @@ class Config:
     cost: Cost = field(default_factory=Cost)
     launch: Mapping[str, Any] = field(default_factory=dict)
     suggest: SuggestSchedule = field(default_factory=SuggestSchedule)
+    tune: TuneWindow = field(default_factory=TuneWindow)
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -241,6 +252,11 @@ class _Reader:
 
         return self.convert(value, key, check, "a positive number")
 
+    def positive_int(self, value: Any, key: str) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise self.fail(key, f"{value!r} is not a positive integer")
+        return value
+
     def string(self, value: Any, key: str) -> str:
         if not isinstance(value, str) or not value:
             raise self.fail(key, f"{value!r} is not a non-empty string")
@@ -268,6 +284,7 @@ _TOP_KEYS = {
     "cost": "mapping",
     "launch": "mapping",
     "suggest": "mapping",
+    "tune": "mapping",
 }
 _TARGET_KEYS = {"name": "", "url": "", "kind": "", "labels": "", "timeout": ""}
 _STORE_KEYS = {"path": "", "retention": "", "max_size": ""}
@@ -275,6 +292,7 @@ _SLO_KEYS = {f.name: "" for f in SLO.__dataclass_fields__.values() if f.name != 
 _COST_KEYS = {"dollars_per_hour": ""}
 _SUGGEST_KEYS = {"schedule": "", "since": "", "keep": ""}
 _AM_KEYS = {"url": "", "timeout": ""}
+_TUNE_KEYS = {"config": "", "schedule": "", "trials": "", "out": ""}
 
 
 def parse_config(data: Any, source: str = "<config>") -> Config:
@@ -372,17 +390,15 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     sug_map = r.mapping(top.get("suggest"), "suggest", _SUGGEST_KEYS)
     schedule = sug_map.get("schedule")
     if schedule is not None:
-        fields = r.string(schedule, "suggest.schedule").split()
-        if len(fields) != 5:
-            raise r.fail("suggest.schedule", f"{schedule!r} is not a 5-field cron expression")
-    keep = sug_map.get("keep", 24)
-    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
-        raise r.fail("suggest.keep", f"{keep!r} is not a positive integer")
+        schedule = _cron(r, schedule, "suggest.schedule")
+    keep = r.positive_int(sug_map.get("keep", 24), "suggest.keep")
     suggest = SuggestSchedule(
         schedule=schedule,
         since=r.duration(sug_map.get("since", "24h"), "suggest.since"),
         keep=keep,
     )
+
+    tune = _parse_tune_window(r, top.get("tune"), base_dir)
 
     return Config(
         source=Path(source) if not source.startswith("<") else None,
@@ -400,6 +416,37 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         cost=cost,
         launch=dict(launch),
         suggest=suggest,
+        tune=tune,
+    )
+
+
+def _cron(r: _Reader, value: Any, key: str) -> str:
+    text = r.string(value, key)
+    if len(text.split()) != 5:
+        raise r.fail(key, f"{text!r} is not a 5-field cron expression (e.g. '0 3 * * *')")
+    return text
+
+
+def _relative(base_dir: Path, text: str) -> Path:
+    p = Path(text)
+    return p if p.is_absolute() else base_dir / p
+
+
+def _parse_tune_window(r: _Reader, raw: Any, base_dir: Path) -> TuneWindow:
+    if raw is None:
+        return TuneWindow()
+    m = r.mapping(raw, "tune", _TUNE_KEYS)
+    for required in ("config", "schedule"):
+        if required not in m:
+            raise r.fail(f"tune.{required}", "is required for a tuning window")
+    trials = m.get("trials")
+    if trials is not None:
+        trials = r.positive_int(trials, "tune.trials")
+    return TuneWindow(
+        config=_relative(base_dir, r.string(m["config"], "tune.config")),
+        schedule=_cron(r, m["schedule"], "tune.schedule"),
+        trials=trials,
+        out=_relative(base_dir, r.string(m.get("out", "tune-runs"), "tune.out")),
     )
 
 

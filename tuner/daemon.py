@@ -24,6 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -109,6 +110,7 @@ class Daemon:
         self.clock = clock
         # a bad suggest.schedule refuses to start before anything is opened
         self._suggest_trigger = suggest_trigger(config) if config.suggest.schedule else None
+        self.tuning = TuningWindow(config) if config.tune.schedule else None
         self.store = store or Store(
             config.store.path, config.store.retention, config.store.max_bytes, clock=clock
         )
@@ -280,6 +282,15 @@ class Daemon:
                 max_instances=1,
                 coalesce=True,
             )
+        if self.tuning is not None:
+            self.tuning.register(self.registry)
+            self.scheduler.add_job(
+                self.tuning.run_once,
+                self.tuning.trigger,
+                id="tune",
+                max_instances=1,
+                coalesce=True,
+            )
         self.scheduler.start()
         log.info(
             "tuner daemon: %d targets every %gs, store %s, listening on %s",
@@ -311,6 +322,8 @@ class Daemon:
 
     def stop(self) -> None:
         """Stop jobs, flush what is pending, close the HTTP server and the store."""
+        if self.tuning is not None:
+            self.tuning.cancel()  # stops its canaries so the scheduler can shut down now
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
         self.alerting.stop()
@@ -325,17 +338,21 @@ class Daemon:
         self.stopped.set()
 
 
-def suggest_trigger(config: Config) -> Any:
-    """The APScheduler CronTrigger of ``suggest.schedule`` (UTC); ConfigError if invalid."""
+def cron_trigger(config: Config, key: str, expr: str) -> Any:
+    """The APScheduler CronTrigger of a 5-field cron ``expr`` (UTC); ConfigError if invalid."""
     from apscheduler.triggers.cron import CronTrigger
 
     try:
-        return CronTrigger.from_crontab(str(config.suggest.schedule), timezone="UTC")
+        return CronTrigger.from_crontab(expr, timezone="UTC")
     except ValueError as exc:
         raise ConfigError(
-            f"{config.source or '<config>'}: suggest.schedule: {config.suggest.schedule!r} "
-            f"is not a valid cron expression ({exc})"
+            f"{config.source or '<config>'}: {key}: {expr!r} is not a valid cron expression ({exc})"
         ) from None
+
+
+def suggest_trigger(config: Config) -> Any:
+    """The CronTrigger of ``suggest.schedule``."""
+    return cron_trigger(config, "suggest.schedule", str(config.suggest.schedule))
 
 
 def _now_dt() -> Any:
@@ -397,6 +414,111 @@ def run_daemon(config: Config) -> int:
 
 
 # -- rule evaluation and alert delivery ------------------------------------------------------
+
+
+class TuningWindow:
+    """``tune.schedule``: a search on canaries from the daemon, progress on its /metrics.
+
+    Each run writes a fresh output directory ``tune.out/<UTC time>/`` (trials.csv, best.json,
+    report.md, plots). The tune config is loaded when the daemon starts, so a bad one refuses
+    to start the daemon. Stopping the daemon stops the canaries of a run in flight; the run's
+    finished trials stay in its directory (``tuner tune --resume --out DIR`` continues it).
+    """
+
+    def __init__(self, config: Config) -> None:
+        from tuner.tune import TuneCounters, load_tune_config
+
+        assert config.tune.config is not None and config.tune.schedule is not None
+        self.window = config.tune
+        self.tune_config = load_tune_config(config.tune.config)
+        self.trigger = cron_trigger(config, "tune.schedule", config.tune.schedule)
+        self.counters = TuneCounters(self.tune_config.objective)
+        self.cancelled = threading.Event()  # the daemon is stopping
+        self._run_stop = threading.Event()  # the search in flight (run_tune sets it when done)
+        self.runs: dict[str, int] = {"ok": 0, "failed": 0, "interrupted": 0}
+        self.last_run: float | None = None
+        self.last_out: Path | None = None
+
+    def register(self, registry: CollectorRegistry) -> None:
+        registry.register(_TuneCollector(self))
+
+    def run_once(self, now: float | None = None) -> Path | None:
+        """One search; returns its output directory (None if cancelled before it started)."""
+        import datetime
+
+        from tuner.report import write_tune_outputs
+        from tuner.tune import TuneInterrupted, TuneOptions, run_tune
+
+        if self.cancelled.is_set():
+            return None
+        self._run_stop = threading.Event()
+        stamp = datetime.datetime.fromtimestamp(now or time.time(), datetime.UTC)
+        out = self.window.out / stamp.strftime("%Y%m%dT%H%M%SZ")
+        self.last_out = out
+        options = TuneOptions(out=out, trials=self.window.trials)
+        log.info("tuning window: search into %s", out)
+        try:
+            outcome = run_tune(self.tune_config, options, observers=[self.counters],
+                               install_signals=False, stop=self._run_stop)
+            write_tune_outputs(outcome, out)
+        except TuneInterrupted:
+            self.runs["interrupted"] += 1
+            log.warning("tuning window: interrupted; finished trials are in %s", out)
+        except Exception:  # a failed search must not kill the scheduler thread
+            self.runs["failed"] += 1
+            log.exception("tuning window: search failed")
+        else:
+            self.runs["ok"] += 1
+            log.info("tuning window: done, report in %s", out / "report.md")
+        finally:
+            self.last_run = time.time()
+        return out
+
+    def cancel(self) -> None:
+        from tuner.canary import stop_all_canaries
+
+        self.cancelled.set()
+        self._run_stop.set()  # first, so the killed canary is not recorded as a failed trial
+        stop_all_canaries()
+
+
+class _TuneCollector:
+    """``tuner_tune_*`` series from the tuning window's counters, read at scrape time."""
+
+    def __init__(self, tuning: TuningWindow) -> None:
+        self.tuning = tuning
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        snap = self.tuning.counters.snapshot()
+        trials = CounterMetricFamily(
+            "tuner_tune_trials", "Tuning trials finished, by state.", labels=["state"]
+        )
+        for state, n in sorted(snap["trials_total"].items()):
+            trials.add_metric([state], n)
+        yield trials
+        yield GaugeMetricFamily(
+            "tuner_tune_running_trials", "Tuning trials in flight.", value=snap["running"]
+        )
+        best = snap["best_objective"]
+        yield GaugeMetricFamily(
+            "tuner_tune_best_objective",
+            "Best objective among feasible trials so far (NaN before the first).",
+            value=math.nan if best is None else best,
+        )
+        runs = CounterMetricFamily(
+            "tuner_tune_runs", "Tuning-window searches, by result.", labels=["result"]
+        )
+        for result, n in sorted(self.tuning.runs.items()):
+            runs.add_metric([result], n)
+        yield runs
+        if self.tuning.last_run is not None:
+            yield GaugeMetricFamily(
+                "tuner_tune_last_run_timestamp_seconds",
+                "When the last tuning-window search ended.",
+                value=self.tuning.last_run,
+            )
 
 
 class Alerting:

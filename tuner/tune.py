@@ -1865,11 +1865,14 @@ def run_tune(
     options: TuneOptions,
     observers: Sequence[TuneObserver] = (),
     install_signals: bool = True,
+    stop: threading.Event | None = None,
 ) -> TuneOutcome:
     """Run (or resume) a search; persist each trial when it ends; return the outcome.
 
     On SIGTERM or SIGINT the running canaries are stopped, the trial in flight is dropped
-    (a resume runs it again) and TuneInterrupted is raised.
+    (a resume runs it again) and TuneInterrupted is raised. A caller that runs the search in a
+    thread (the daemon's tuning window) passes ``stop`` and sets it (after stopping the
+    canaries) to get the same outcome.
     """
     import httpx
 
@@ -1898,7 +1901,7 @@ def run_tune(
     optimizer = make_optimizer(cfg)
     tell_history(optimizer, trials, cfg.space)
 
-    stop = threading.Event()
+    stop = stop if stop is not None else threading.Event()
     received: list[int] = []
     previous: dict[int, Any] = {}
 
