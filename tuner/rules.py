@@ -1684,6 +1684,10 @@ _TEMPLATES: dict[str, str] = {
 # result keeps whatever target labels the scraper attached (job, instance, pod, ...).
 # Where vLLM renamed a metric, `new or old` counts a server that exports both names once:
 # after the aggregation both sides carry the same label set and `or` keeps the left one.
+#
+# Every alert (here, in slo.yaml and gpu.yaml) has a `family` label naming the problem it
+# reports; Alertmanager inhibits a warning by a critical alert of the same family on the
+# same instance (tuner provision). The family of each alert is listed in RUNBOOK.md.
 groups:
   - name: vllm-serving
     rules:
@@ -1726,6 +1730,7 @@ groups:
         for: 2m
         labels:
           severity: critical
+          family: availability
         annotations:
           summary: A vLLM server cannot be scraped.
           description: '{{ $labels.instance }} (job {{ $labels.job }}) has failed every scrape for 2 minutes.'
@@ -1743,6 +1748,7 @@ groups:
         for: 10m
         labels:
           severity: warning
+          family: availability
         annotations:
           summary: A vLLM target answers but does not export the metrics the rules need.
           description: '{{ $labels.instance }} is up but lacks vllm:num_requests_running, vllm:kv_cache_usage_perc (or vllm:gpu_cache_usage_perc) or vllm:generation_tokens_total; rules on them cannot fire.'
@@ -1756,6 +1762,7 @@ groups:
         for: 3m
         labels:
           severity: critical
+          family: availability
         annotations:
           summary: vLLM has running requests but generates no tokens.
           description: '{{ $labels.instance }} ({{ $labels.model_name }}) has running requests and generated no token in the last 2 minutes.'
@@ -1773,6 +1780,7 @@ groups:
         for: 10m
         labels:
           severity: warning
+          family: kv_cache
         annotations:
           summary: The KV cache is full while requests wait or get preempted.
           description: '{{ $labels.instance }} ({{ $labels.model_name }}): KV cache {{ $value | humanizePercentage }} full with requests waiting or being preempted.'
@@ -1783,6 +1791,7 @@ groups:
         for: 10m
         labels:
           severity: warning
+          family: preemption
         annotations:
           summary: vLLM preempts more than 5 sequences per 1000 finished requests.
           description: '{{ $labels.instance }} ({{ $labels.model_name }}): {{ printf "%.1f" $value }} preemptions per 1000 finished requests over 5m.'
@@ -1800,6 +1809,7 @@ groups:
         for: 15m
         labels:
           severity: warning
+          family: spec_decode
         annotations:
           summary: Speculative decoding accepts too few draft tokens to pay for itself.
           description: '{{ $labels.instance }} ({{ $labels.model_name }}): speculative decoding yields {{ printf "%.2f" $value }} (mean acceptance length, or acceptance rate where vLLM exports no draft count).'
@@ -1898,6 +1908,7 @@ groups:
         for: 2m
         labels:
           severity: critical
+          family: ttft_slo
         annotations:
           summary: The TTFT error budget is burning fast (page).
           description: '{{ $labels.instance }} ({{ $labels.model_name }}): {{ $value | humanizePercentage }} of requests waited longer than @TTFT@s for the first token (objective: @OBJ_PCT@% within @TTFT@s); at this rate the 30-day budget lasts under 5 days.'
@@ -1919,6 +1930,7 @@ groups:
         for: 15m
         labels:
           severity: warning
+          family: ttft_slo
         annotations:
           summary: The TTFT error budget is burning faster than it refills (ticket).
           description: '{{ $labels.instance }} ({{ $labels.model_name }}): {{ $value | humanizePercentage }} of requests waited longer than @TTFT@s for the first token (objective: @OBJ_PCT@% within @TTFT@s).'
@@ -1929,6 +1941,7 @@ groups:
         for: 10m
         labels:
           severity: warning
+          family: latency
         annotations:
           summary: p99 inter-token latency is above the SLO.
           description: '{{ $labels.instance }} ({{ $labels.model_name }}): p99 inter-token latency {{ $value | humanizeDuration }} over 5m (SLO @ITL@s).'
@@ -1939,6 +1952,7 @@ groups:
         for: 10m
         labels:
           severity: warning
+          family: latency
         annotations:
           summary: Requests wait too long in the vLLM queue before they are scheduled.
           description: '{{ $labels.instance }} ({{ $labels.model_name }}): p99 queue time {{ $value | humanizeDuration }} over 5m (SLO @QUEUE@s).'
@@ -1949,6 +1963,7 @@ groups:
         for: 5m
         labels:
           severity: warning
+          family: errors
         annotations:
           summary: The vLLM API answers too many requests with HTTP 5xx.
           description: '{{ $labels.instance }}: {{ $value | humanizePercentage }} of HTTP requests failed with 5xx over 5m (objective: at most @ERR_PCT@%).'
@@ -1959,6 +1974,7 @@ groups:
         for: 5m
         labels:
           severity: warning
+          family: errors
         annotations:
           summary: The vLLM engine finishes too many requests with an error.
           description: '{{ $labels.instance }} ({{ $labels.model_name }}): {{ $value | humanizePercentage }} of finished requests ended with finished_reason="error" over 5m (objective: at most @ERR_PCT@%).'
@@ -1982,6 +1998,7 @@ groups:
         keep_firing_for: 15m
         labels:
           severity: critical
+          family: gpu
         annotations:
           summary: A GPU reported an XID error.
           description: 'GPU {{ $labels.gpu }} ({{ $labels.modelName }}) on {{ $labels.Hostname }}{{ $labels.hostname }} reported XID {{ $value }}.'
@@ -1995,6 +2012,7 @@ groups:
         for: 15m
         labels:
           severity: warning
+          family: gpu
         annotations:
           summary: GPUs are mostly idle while vLLM requests wait in the queue.
           description: 'GPUs of pod "{{ $labels.pod }}" average {{ printf "%.0f" $value }}% utilization while requests wait; the scheduler, not the GPU, is the limit.'

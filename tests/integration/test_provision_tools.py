@@ -8,8 +8,10 @@
   OpenAPI schemas); strictness comes from a round trip: a field the schema does not know is
   dropped by the model, so the dumped document differs from the input;
 - ``promtool check config`` on the rendered Prometheus config (and its rule files);
-- ``amtool check-config`` on the Alertmanager config, and a real Alertmanager running it: a
-  critical alert inhibits the warning of the same family on the same instance only;
+- ``amtool check-config`` on the Alertmanager config, and a real Alertmanager running it: the
+  shipped VllmTtftSloBurnRateCritical, evaluated by the sidecar's rule engine and delivered
+  by its notifier, inhibits VllmTtftSloBurnRateWarning (same ``family``) on the same
+  instance only; alerts without a family inhibit nothing;
 - ``systemd-analyze verify`` on the systemd unit.
 """
 
@@ -30,7 +32,11 @@ from cloudcoil.models.prometheus_operator import v1 as promop
 
 from tests.support.common import free_port, stop_process, wait_http
 from tuner.config import load_config
+from tuner.notify import Notifier
+from tuner.promql import Engine
 from tuner.provision import provision, rule_files
+from tuner.rules import RuleEngine, load_rule_files
+from tuner.store import Store
 
 pytestmark = pytest.mark.integration
 
@@ -252,7 +258,87 @@ def alertmanager(provisioned: Path, tmp_path: Path) -> Iterator[str]:
         stop_process(proc)
 
 
-def test_critical_inhibits_warning_of_same_family_and_instance(alertmanager: str) -> None:
+def _ttft_and_itl_points(t0_ms: int, minutes: int) -> list[
+        tuple[str, tuple[tuple[str, str], ...], int, float]]:
+    """``minutes`` at 1m of three V1 servers, against the provisioned SLO (TTFT 0.5s, ITL 0.05s):
+    a: 30% of first tokens late (fast burn: page and ticket) and a slow ITL p99;
+    b: 5% late (slow burn: ticket only) and no ITL series. a's ITL p99 is 0.095s."""
+    pts = []
+
+    def lb(inst: str, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+        return tuple(sorted((("engine", "0"), ("instance", inst), ("job", "vllm"),
+                             ("model_name", "m"), *extra)))
+
+    for i in range(minutes + 1):
+        t = t0_ms + i * 60_000
+        for inst, good in (("a", 70.0), ("b", 95.0)):
+            pts += [
+                ("vllm:time_to_first_token_seconds_bucket", lb(inst, ("le", "0.5")), t, good * i),
+                ("vllm:time_to_first_token_seconds_bucket", lb(inst, ("le", "+Inf")), t, 100.0 * i),
+                ("vllm:time_to_first_token_seconds_count", lb(inst), t, 100.0 * i),
+            ]
+        pts += [
+            ("vllm:inter_token_latency_seconds_bucket", lb("a", ("le", "0.05")), t, 900.0 * i),
+            ("vllm:inter_token_latency_seconds_bucket", lb("a", ("le", "0.1")), t, 1000.0 * i),
+            ("vllm:inter_token_latency_seconds_bucket", lb("a", ("le", "+Inf")), t, 1000.0 * i),
+        ]
+    return pts
+
+
+def test_shipped_critical_alert_inhibits_its_warning_on_the_same_instance(
+    provisioned: Path, alertmanager: str, tmp_path: Path
+) -> None:
+    """The provisioned rules, evaluated by the sidecar's engine, deliver real alerts (with
+    their real ``family`` labels) to a real Alertmanager running the provisioned config:
+    VllmTtftSloBurnRateCritical mutes VllmTtftSloBurnRateWarning on its instance only, and
+    a warning of another family (VllmItlP99High, ``latency``) on that instance stays."""
+    rules = load_rule_files([provisioned / "prometheus/rules/*.yaml"])
+    families = {r.name: r.labels.get("family") for r in rules.rules if r.kind == "alert"}
+    assert families["VllmTtftSloBurnRateCritical"] == "ttft_slo"
+    assert families["VllmTtftSloBurnRateWarning"] == "ttft_slo"
+    assert families["VllmItlP99High"] == "latency"
+
+    minutes = 30
+    now = time.time()
+    t0 = now - minutes * 60
+    store = Store(tmp_path / "s.db", retention=86400.0)
+    store.append_points(_ttft_and_itl_points(int(t0 * 1000), minutes))
+    engine = RuleEngine(rules, Engine(store), writer=store, default_interval=60)
+    for step in range(minutes + 1):
+        report = engine.evaluate(t0 + step * 60)
+        assert report.errors == ()
+    firing = {(a.alertname, a.labels.get("instance")): a for a in engine.alerts()
+              if a.state == "firing"}
+    assert set(firing) == {("VllmTtftSloBurnRateCritical", "a"),
+                           ("VllmTtftSloBurnRateWarning", "a"),
+                           ("VllmTtftSloBurnRateWarning", "b"),
+                           ("VllmItlP99High", "a")}, set(firing)
+    with Notifier([alertmanager]) as notifier:
+        notifier.send(firing.values())
+        assert notifier.flush(15)
+    store.close()
+
+    with httpx.Client(base_url=alertmanager, timeout=10, trust_env=False) as client:
+        deadline = time.monotonic() + 30
+        state: dict[tuple[str, str], tuple[str, list[str]]] = {}
+        while time.monotonic() < deadline:
+            got = client.get("/api/v2/alerts").json()
+            state = {(a["labels"]["alertname"], a["labels"]["instance"]):
+                     (a["labels"]["family"], a["status"]["inhibitedBy"]) for a in got}
+            if len(state) == 4 and state.get(("VllmTtftSloBurnRateWarning", "a"), ("", []))[1]:
+                break
+            time.sleep(0.5)
+    assert len(state) == 4, state
+    fam, inhibited_by = state[("VllmTtftSloBurnRateWarning", "a")]
+    assert fam == "ttft_slo" and len(inhibited_by) == 1, state  # the page mutes the ticket
+    assert state[("VllmTtftSloBurnRateWarning", "b")] == ("ttft_slo", []), state  # other instance
+    assert state[("VllmItlP99High", "a")] == ("latency", []), state  # other family
+    assert state[("VllmTtftSloBurnRateCritical", "a")] == ("ttft_slo", []), state
+
+
+def test_alerts_without_a_family_inhibit_nothing(alertmanager: str) -> None:
+    """The provisioned inhibit rule requires a family on the source: two alerts that both
+    lack the label (e.g. from a user's own rules) are not "the same family"."""
     def alert(name: str, severity: str, family: str, instance: str) -> dict[str, Any]:
         labels = {"alertname": name, "severity": severity, "instance": instance}
         if family:
@@ -260,29 +346,24 @@ def test_critical_inhibits_warning_of_same_family_and_instance(alertmanager: str
         return {"labels": labels, "annotations": {"summary": name}}
 
     sent = [
-        alert("VllmTTFTBurnRateCritical", "critical", "ttft_slo", "a"),
-        alert("VllmTTFTBurnRateWarning", "warning", "ttft_slo", "a"),   # inhibited
-        alert("VllmTTFTBurnRateWarning", "warning", "ttft_slo", "b"),   # other instance
-        alert("VllmQueueTimeHigh", "warning", "queue", "a"),            # other family
-        alert("VllmEngineStalled", "critical", "", "c"),                # no family:
-        alert("VllmQueueTimeHigh", "warning", "", "c"),                 # inhibits nothing
+        alert("MyPage", "critical", "", "c"),            # no family:
+        alert("MyTicket", "warning", "", "c"),           # inhibits nothing
+        alert("MyOtherPage", "critical", "custom", "d"),
+        alert("MyOtherTicket", "warning", "custom", "d"),  # inhibited (control)
     ]
     with httpx.Client(base_url=alertmanager, timeout=10, trust_env=False) as client:
         client.post("/api/v2/alerts", json=sent).raise_for_status()
         deadline = time.monotonic() + 30
-        state: dict[tuple[str, str], list[str]] = {}
+        state: dict[str, list[str]] = {}
         while time.monotonic() < deadline:
             got = client.get("/api/v2/alerts").json()
-            state = {(a["labels"]["alertname"], a["labels"]["instance"]):
-                     a["status"]["inhibitedBy"] for a in got}
-            if len(state) == 6 and state[("VllmTTFTBurnRateWarning", "a")]:
+            state = {a["labels"]["alertname"]: a["status"]["inhibitedBy"] for a in got}
+            if len(state) == 4 and state["MyOtherTicket"]:
                 break
             time.sleep(0.5)
-    assert state[("VllmTTFTBurnRateWarning", "a")], state
-    assert state[("VllmTTFTBurnRateWarning", "b")] == []
-    assert state[("VllmQueueTimeHigh", "a")] == []
-    assert state[("VllmTTFTBurnRateCritical", "a")] == []
-    assert state[("VllmQueueTimeHigh", "c")] == []
+    assert state["MyOtherTicket"], state
+    assert state["MyTicket"] == [], state
+    assert state["MyPage"] == [] and state["MyOtherPage"] == [], state
 
 
 def test_systemd_unit_verifies(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,24 @@ def test_every_alert_has_severity_summary_description_and_runbook_anchor() -> No
         assert set(rule.annotations) >= {"summary", "description", "runbook_url"}
         assert rule.annotations["runbook_url"] == f"rules/RUNBOOK.md#{rule.name.lower()}"
         assert f"\n## {rule.name}\n" in runbook
+
+
+def test_every_alert_has_a_family_documented_in_the_runbook() -> None:
+    """Alertmanager inhibits by (instance, family): every alert needs one, the runbook table
+    names it, and the TTFT page and ticket share theirs."""
+    rules = load_rule_files([RULES / "*.yaml"])
+    runbook = (RULES / "RUNBOOK.md").read_text()
+    alerts = [r for r in rules.rules if r.kind == "alert"]
+    for rule in alerts:
+        family = rule.labels.get("family", "")
+        assert re.fullmatch(r"[a-z][a-z0-9_]*", family), f"{rule.name}: family {family!r}"
+        row = f"| {rule.name} | {rule.labels['severity']} | `{family}` |"
+        assert row in runbook, f"RUNBOOK.md lacks the row {row}"
+    by_family: dict[str, set[str]] = {}
+    for rule in alerts:
+        by_family.setdefault(rule.labels["family"], set()).add(rule.name)
+    assert by_family["ttft_slo"] == {"VllmTtftSloBurnRateCritical", "VllmTtftSloBurnRateWarning"}
+    assert len(by_family) == 8
 
 
 def test_every_alert_has_a_unit_test() -> None:
