@@ -678,27 +678,30 @@ def analyze(td: TargetData, slo: SLO, launch: Mapping[str, Any], step: float,
         return None, "unknown"
 
     seqs_cur, seqs_src = current("max-num-seqs")
-    m_down = kv_sat & (preempting | ttft_breach)
+    # A preemption happens only when the KV cache ran out of blocks, so preemptions are
+    # cache exhaustion even when no scrape caught the usage gauge at its peak.
+    m_down = preempting | (kv_sat & ttft_breach)
     cache_bound = sig(m_down) or sig(m_kvq)
     if sig(m_down):
-        run_med = float(np.nanmedian(running[m_down])) if np.isfinite(running[m_down]).any() \
-            else math.nan
+        busy = m_down & (running >= 1)
+        run_med = float(np.nanmedian(running[busy])) if busy.any() else math.nan
         target = 0.9 * run_med if math.isfinite(run_med) else math.nan
         if seqs_cur is not None:
             target = min(0.75 * float(seqs_cur), target) if math.isfinite(target) \
                 else 0.75 * float(seqs_cur)
         suggested = _round8(target) if math.isfinite(target) else None
-        ev = [f for f in ("kv_saturated_with_queue", "preemptions", "ttft_slo_breach")
+        ev = [f for f in ("preemptions", "kv_saturated_with_queue", "ttft_slo_breach")
               if f in findings]
-        strong = sig(kv_sat & preempting) and float(m_down.sum()) * step >= 1800
+        strong = sig(preempting) and float(preempting.sum()) * step >= 1800
+        running_text = (f"; about {run_med:.0f} sequences were running then, more than the "
+                        "cache holds" if math.isfinite(run_med) else "")
         recs["seqs_down"] = Recommendation(
             "--max-num-seqs", seqs_cur, seqs_src, suggested, "down",
-            f"the KV cache was full while requests were preempted or TTFT broke the SLO for "
-            f"{frac_text(m_down)}; about {run_med:.0f} sequences were running then, more "
-            "than the cache holds",
+            "requests were preempted (the KV cache ran out of blocks) or TTFT broke the SLO "
+            f"with a full KV cache for {frac_text(m_down)}{running_text}",
             "fewer preemptions and a shorter TTFT tail while busy; peak throughput may drop "
             "slightly. Raising KV capacity (--gpu-memory-utilization) is the alternative",
-            "high" if strong else ("medium" if sig(kv_sat & preempting) else "low"), tuple(ev))
+            "high" if strong else ("medium" if sig(preempting) else "low"), tuple(ev))
     if sig(m_headroom) and not preempting.any():
         batch_full = (seqs_cur is not None and np.isfinite(running[m_headroom]).any()
                       and float(np.nanmedian(running[m_headroom])) >= 0.9 * float(seqs_cur))
