@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -21,11 +22,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tuner.load import LengthDist, LoadSpec, run_load_sync, summarize  # noqa: E402
-
 from tests.support.common import free_port, stop_process, wait_http  # noqa: E402
 from tests.support.tiny_model import ensure_tiny_model  # noqa: E402
 from tests.support.vllm import start_vllm  # noqa: E402
+from tuner.load import LengthDist, LoadSpec, run_load_sync, summarize  # noqa: E402
 
 
 def banner(text: str) -> None:
@@ -91,6 +91,7 @@ def main() -> int:
     banner(f"5/5 tuner tune: {args.tune_trials} trials on canaries (examples/tune-cpu.yaml)")
     env = {**os.environ, "TUNER_TINY_MODEL_DIR": str(model)}
     tune_cfg = REPO / "examples" / "tune-cpu.yaml"
+    shutil.rmtree(work / "tune", ignore_errors=True)  # the demo's own previous search
     return subprocess.run(
         [sys.executable, "-m", "tuner", "tune", "--config", str(tune_cfg),
          "--trials", str(args.tune_trials), "--out", str(work / "tune")],
