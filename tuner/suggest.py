@@ -434,8 +434,14 @@ def _ranges(grid: np.ndarray, mask: np.ndarray, step: float) -> tuple[tuple[floa
     return tuple((float(grid[x]), float(grid[y])) for x, y in runs[:20])
 
 
+def _hms(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S")
+
+
 def _when(ranges: Sequence[tuple[float, float]]) -> str:
-    parts = [f"{_hm(a)}–{_hm(b)}" for a, b in sorted(ranges[:3])]
+    short = any(b - a < 600 for a, b in ranges[:3])  # minutes alone would read 07:11–07:11
+    fmt = _hms if short else _hm
+    parts = [f"{fmt(a)}–{fmt(b)}" for a, b in sorted(ranges[:3])]
     more = f" and {len(ranges) - 3} more" if len(ranges) > 3 else ""
     return ", ".join(parts) + more
 
