@@ -316,6 +316,51 @@ class _Plan:
         return _Planned(prompt=prompt, max_tokens=n_out)
 
 
+@dataclass(frozen=True)
+class StreamEvent:
+    """One server-sent event of a streamed completion, as the load client needs it."""
+
+    kind: str  # "token" | "done" | "usage" | "error" | "malformed" | "other"
+    completion_tokens: int | None = None
+    prompt_tokens: int | None = None
+    message: str = ""
+
+
+_DONE = StreamEvent("done")
+_TOKEN = StreamEvent("token")
+_OTHER = StreamEvent("other")
+
+
+def parse_sse_line(line: bytes) -> StreamEvent:
+    """Classify one SSE line of vLLM's streamed /v1/completions (pure).
+
+    The common case — a chunk carrying text, in vLLM's compact JSON — is recognised without
+    decoding JSON; chunks with usage, errors or unfamiliar formatting are decoded in full.
+    """
+    if not line.startswith(b"data:"):
+        return _OTHER
+    data = line[5:].strip()
+    if data == b"[DONE]":
+        return _DONE
+    if b'"usage":{' not in data and b'"error"' not in data and b'"text":"' in data:
+        return _OTHER if b'"text":""' in data else _TOKEN
+    try:
+        event = json.loads(data)
+    except ValueError:
+        return StreamEvent("malformed", message=data[:200].decode("utf-8", "replace"))
+    if not isinstance(event, dict):
+        return StreamEvent("malformed", message=data[:200].decode("utf-8", "replace"))
+    if event.get("error"):
+        return StreamEvent("error", message=str(event["error"])[:300])
+    usage = event.get("usage")
+    has_text = any(isinstance(c, dict) and c.get("text") for c in event.get("choices") or [])
+    if isinstance(usage, dict):
+        return StreamEvent("usage", completion_tokens=int(usage.get("completion_tokens", 0)),
+                           prompt_tokens=int(usage.get("prompt_tokens", 0)) or None,
+                           message="token" if has_text else "")
+    return _TOKEN if has_text else _OTHER
+
+
 async def _one_request(client: httpx.AsyncClient, url: str, model: str, req: _Planned,
                        origin_wall: float, origin_mono: float) -> RequestRecord:
     body = {"model": model, "prompt": req.prompt, "max_tokens": req.max_tokens,
@@ -342,27 +387,30 @@ async def _one_request(client: httpx.AsyncClient, url: str, model: str, req: _Pl
             if resp.status_code != 200:
                 text = (await resp.aread()).decode("utf-8", errors="replace")
                 return record(False, f"http {resp.status_code}: {text[:300]}")
-            async for line in resp.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    done = True
+            buffer = b""
+            async for piece in resp.aiter_bytes():
+                now = time.monotonic()
+                buffer += piece
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    ev = parse_sse_line(line)
+                    if ev is _OTHER:
+                        continue
+                    if ev.kind == "token":
+                        chunks.append(now)
+                    elif ev.kind == "done":
+                        done = True
+                    elif ev.kind == "usage":
+                        if ev.message == "token":
+                            chunks.append(now)
+                        usage_out = ev.completion_tokens
+                        prompt_tokens = ev.prompt_tokens or prompt_tokens
+                    elif ev.kind == "error":
+                        return record(False, f"stream error: {ev.message}")
+                    elif ev.kind == "malformed":
+                        return record(False, f"malformed stream chunk: {ev.message}")
+                if done:
                     break
-                try:
-                    event = json.loads(data)
-                except ValueError:
-                    return record(False, f"malformed stream chunk: {data[:200]}")
-                if "error" in event:
-                    return record(False, f"stream error: {str(event['error'])[:300]}")
-                for choice in event.get("choices") or []:
-                    if choice.get("text"):
-                        chunks.append(time.monotonic())
-                        break
-                usage = event.get("usage")
-                if usage:
-                    usage_out = int(usage.get("completion_tokens", 0))
-                    prompt_tokens = int(usage.get("prompt_tokens", prompt_tokens))
     except httpx.TimeoutException as exc:
         return record(False, f"timeout: {type(exc).__name__}")
     except httpx.HTTPError as exc:

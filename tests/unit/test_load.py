@@ -4,6 +4,7 @@ spec validation and the workload fingerprint reader."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from tuner.load import (
     RequestRecord,
     _Plan,
     load_spec_from_workload,
+    parse_sse_line,
     summarize,
 )
 
@@ -276,3 +278,51 @@ def test_bad_workloads_name_the_problem(workload: object, message: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_spec_from_workload(workload)  # type: ignore[arg-type]
     assert message in str(err.value)
+
+
+# ----------------------------------------------------------------------------- SSE parsing
+
+STREAM = Path(__file__).parent / "data" / "vllm_logs" / "stream_completion.txt"
+
+
+def test_parse_real_vllm_stream() -> None:
+    """A stream recorded from vLLM 0.32 CPU: 5 tokens, then usage, then [DONE]."""
+    events = [parse_sse_line(line) for line in STREAM.read_bytes().split(b"\n")]
+    kinds = [e.kind for e in events if e.kind != "other"]
+    assert kinds.count("token") + sum(1 for e in events if e.message == "token") == 5
+    (usage,) = [e for e in events if e.kind == "usage"]
+    assert usage.completion_tokens == 5 and usage.prompt_tokens == 32
+    assert kinds[-1] == "done"
+
+
+@pytest.mark.parametrize(
+    ("line", "kind"),
+    [
+        (b'data: {"choices":[{"index":0,"text":" ze","finish_reason":null}],"usage":null}',
+         "token"),
+        (b'data: {"choices":[{"index":0,"text":"","finish_reason":"length"}]}', "other"),
+        (b'data: {"choices": [{"index": 0, "text": "spaced"}]}', "token"),
+        (b'data: {"choices": [{"index": 0, "text": ""}]}', "other"),
+        (b"data: [DONE]", "done"),
+        (b"data: [DONE]\r", "done"),
+        (b"", "other"),
+        (b": keep-alive", "other"),
+        (b'data: {"error": {"message": "boom", "code": 500}}', "error"),
+        (b"data: {not json", "malformed"),
+        (b"data: [1, 2]", "malformed"),
+    ],
+)
+def test_parse_sse_line_kinds(line: bytes, kind: str) -> None:
+    assert parse_sse_line(line).kind == kind
+
+
+def test_parse_sse_usage_chunk() -> None:
+    ev = parse_sse_line(b'data: {"choices":[],"usage":{"prompt_tokens":64,'
+                        b'"total_tokens":80,"completion_tokens":16}}')
+    assert ev.kind == "usage" and ev.completion_tokens == 16 and ev.prompt_tokens == 64
+    assert ev.message == ""
+    both = parse_sse_line(b'data: {"choices":[{"text":"x"}],"usage":{"prompt_tokens":1,'
+                          b'"completion_tokens":2}}')
+    assert both.kind == "usage" and both.message == "token"
+    error = parse_sse_line(b'data: {"error": "overloaded"}')
+    assert error.message == "overloaded"
