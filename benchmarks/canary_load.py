@@ -37,9 +37,12 @@ def metric(url: str, name: str) -> float:
     return sum(s.value for s in parse_exposition(text).samples if s.name == name)
 
 
+CORES = "0"
+
+
 def start(model: Path, log: Path, flags: dict[str, object] | None = None,
           env: dict[str, str] | None = None) -> tuple[LocalCanary, float]:
-    canary = LocalCanary(test_launch_spec(model, flags, cores="0-1", env=env), log,
+    canary = LocalCanary(test_launch_spec(model, flags, cores=CORES, env=env), log,
                          health_timeout=600)
     t0 = time.monotonic()
     canary.start()
@@ -51,7 +54,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--starts", type=int, default=1)
+    ap.add_argument("--cores", default="0", help="VLLM_CPU_OMP_THREADS_BIND (default 0: one "
+                    "OpenMP thread; '0-1' spins two threads, slow when the machine is busy)")
     args = ap.parse_args()
+    global CORES
+    CORES = args.cores
     model = ensure_tiny_model()
     tmp = Path(tempfile.mkdtemp(prefix="canary-bench-"))
 
@@ -69,22 +76,26 @@ def main() -> None:
     canary, _ = start(model, tmp / "load.log")
     assert canary.handle is not None
     try:
+        print(f"OMP threads bound to {CORES}; client CPU per output token below")
         print(f"{'concurrency':>11} {'tok/s median':>12} {'min':>7} {'max':>7} "
-              f"{'TTFT p99':>9} {'ITL p99':>8} {'errors':>6}")
+              f"{'TTFT p99':>9} {'ITL p99':>8} {'errors':>6} {'client us/tok':>13}")
         for conc in (1, 16, 64):
-            rates, ttft, itl, errors = [], [], [], 0
+            rates, ttft, itl, errors, cpu_us = [], [], [], 0, []
             for run in range(args.runs):
                 spec = LoadSpec(LengthDist("fixed", mean=256), LengthDist("fixed", mean=128),
                                 concurrency=conc, duration=args.seconds,
                                 warmup_requests=conc if run == 0 else 0, seed=run)
+                c0 = time.process_time()
                 s = summarize(run_load_sync(canary.handle.url, "tiny-llama", spec))
+                cpu_us.append(1e6 * (time.process_time() - c0) / max(1, s.output_tokens))
                 rates.append(s.output_tok_per_s)
                 ttft.append(s.ttft_p99)
                 itl.append(s.itl_p99)
                 errors += s.errors
             print(f"{conc:>11} {statistics.median(rates):>12.0f} {min(rates):>7.0f} "
                   f"{max(rates):>7.0f} {statistics.median(ttft):>8.3f}s "
-                  f"{statistics.median(itl):>7.3f}s {errors:>6}")
+                  f"{statistics.median(itl):>7.3f}s {errors:>6} "
+                  f"{statistics.median(cpu_us):>13.0f}")
     finally:
         canary.stop()
 
