@@ -1874,9 +1874,8 @@ def run_tune(
     thread (the daemon's tuning window) passes ``stop`` and sets it (after stopping the
     canaries) to get the same outcome.
     """
-    import httpx
-
     from tuner.canary import stop_all_canaries
+    from tuner.scrape import make_client
 
     if options.parallel < 1:
         raise TuneError(f"--parallel must be at least 1, got {options.parallel}")
@@ -1914,9 +1913,7 @@ def run_tune(
     if install_signals and threading.current_thread() is threading.main_thread():
         for s in (signal.SIGTERM, signal.SIGINT):
             previous[s] = signal.signal(s, on_signal)
-    client = httpx.Client(
-        limits=httpx.Limits(max_connections=8, keepalive_expiry=60), trust_env=False
-    )
+    client = make_client(max_connections=8)  # scrapes the canaries, as the daemon does
     ctx = TrialContext(cfg, log.store, out / "logs", client, build_load_spec(cfg.load), stop)
     pool = ThreadPoolExecutor(max_workers=options.parallel) if options.parallel > 1 else None
     try:
