@@ -8,7 +8,7 @@ sizes accept plain bytes or ``KiB/MiB/GiB`` (and ``KB/MB/GB``) suffixes.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -138,6 +138,23 @@ class StoreConfig:
 class Alertmanager:
     url: str
     timeout: float = 10.0
+
+
+# vLLM histogram bucket bounds in seconds (REFERENCE.md); an SLO threshold should sit on one,
+# so that "fraction of requests under the threshold" is exact from the buckets.
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+                7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
+ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+               10.0, 20.0, 40.0, 80.0)
+# e2e, queue, prefill and decode time
+REQUEST_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0,
+                   60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
+
+
+def snap_to_bucket(value: float, bounds: Sequence[float]) -> float:
+    """The largest bound not above ``value`` (stricter, never later), or the smallest bound."""
+    below = [b for b in bounds if b <= value * (1 + 1e-12)]
+    return max(below) if below else min(bounds)
 
 
 @dataclass(frozen=True)

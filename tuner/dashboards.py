@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuner.config import SLO
+from tuner.config import ITL_BUCKETS, REQUEST_BUCKETS, SLO, TTFT_BUCKETS, snap_to_bucket
 
 GENERATOR = "dashboards/generate.py (dashboards as code in tuner/dashboards.py)"
 HEADER = (
@@ -35,75 +35,6 @@ SCHEMA_VERSION = 39  # Grafana 10.4; Grafana 11 migrates it on load.
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
 # vLLM histogram bucket bounds (seconds), REFERENCE.md. SLO thresholds snap onto these.
-TTFT_BUCKETS = (
-    0.001,
-    0.005,
-    0.01,
-    0.02,
-    0.04,
-    0.06,
-    0.08,
-    0.1,
-    0.25,
-    0.5,
-    0.75,
-    1.0,
-    2.5,
-    5.0,
-    7.5,
-    10.0,
-    20.0,
-    40.0,
-    80.0,
-    160.0,
-    640.0,
-    2560.0,
-)
-ITL_BUCKETS = (
-    0.01,
-    0.025,
-    0.05,
-    0.075,
-    0.1,
-    0.15,
-    0.2,
-    0.3,
-    0.4,
-    0.5,
-    0.75,
-    1.0,
-    2.5,
-    5.0,
-    7.5,
-    10.0,
-    20.0,
-    40.0,
-    80.0,
-)
-REQUEST_BUCKETS = (
-    0.3,
-    0.5,
-    0.8,
-    1.0,
-    1.5,
-    2.0,
-    2.5,
-    5.0,
-    10.0,
-    15.0,
-    20.0,
-    30.0,
-    40.0,
-    50.0,
-    60.0,
-    120.0,
-    240.0,
-    480.0,
-    960.0,
-    1920.0,
-    7680.0,
-)
-
 RI = "$__rate_interval"
 V = 'model_name=~"$model_name", instance=~"$instance"'
 VI = 'instance=~"$instance"'
@@ -166,12 +97,6 @@ ALERT_ACTIVE = Requirement("an alert pending or firing in the sidecar", "tuner_a
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def bucket_bound(value: float, bounds: tuple[float, ...]) -> float:
-    """The largest bucket bound <= ``value`` (the smallest bound if ``value`` is below all)."""
-    below = [b for b in bounds if b <= value + 1e-12]
-    return below[-1] if below else bounds[0]
 
 
 def le_regex(bound: float) -> str:
@@ -301,9 +226,9 @@ def _custom(name: str, label: str, values: tuple[str, ...], description: str) ->
 
 
 def overview(slo: SLO, dollars_per_hour: float) -> Dashboard:
-    ttft = bucket_bound(slo.ttft_p99_seconds, TTFT_BUCKETS)
-    itl = bucket_bound(slo.itl_p99_seconds, ITL_BUCKETS)
-    e2e = bucket_bound(slo.e2e_p99_seconds, REQUEST_BUCKETS)
+    ttft = snap_to_bucket(slo.ttft_p99_seconds, TTFT_BUCKETS)
+    itl = snap_to_bucket(slo.itl_p99_seconds, ITL_BUCKETS)
+    e2e = snap_to_bucket(slo.e2e_p99_seconds, REQUEST_BUCKETS)
     success = f"vllm:request_success_total{{{V}}}"
     gen_rate = f"sum(rate(vllm:generation_tokens_total{{{V}}}[{RI}]))"
     n_instances = f"count(count by (instance) (vllm:num_requests_running{{{V}}}))"

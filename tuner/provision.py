@@ -37,7 +37,17 @@ from urllib.parse import urlsplit
 import yaml
 
 from tuner import dashboards
-from tuner.config import SLO, Config, Target, format_duration, split_host_port
+from tuner.config import (
+    ITL_BUCKETS,
+    REQUEST_BUCKETS,
+    SLO,
+    TTFT_BUCKETS,
+    Config,
+    Target,
+    format_duration,
+    snap_to_bucket,
+    split_host_port,
+)
 from tuner.errors import ProvisionError
 
 MANIFEST = ".tuner-provision.json"
@@ -98,11 +108,11 @@ def defaults_notes(config: Config) -> list[str]:
         )
     slo = config.slo
     for name, value, bounds in (
-        ("ttft_p99_seconds", slo.ttft_p99_seconds, dashboards.TTFT_BUCKETS),
-        ("itl_p99_seconds", slo.itl_p99_seconds, dashboards.ITL_BUCKETS),
-        ("e2e_p99_seconds", slo.e2e_p99_seconds, dashboards.REQUEST_BUCKETS),
+        ("ttft_p99_seconds", slo.ttft_p99_seconds, TTFT_BUCKETS),
+        ("itl_p99_seconds", slo.itl_p99_seconds, ITL_BUCKETS),
+        ("e2e_p99_seconds", slo.e2e_p99_seconds, REQUEST_BUCKETS),
     ):
-        bound = dashboards.bucket_bound(value, bounds)
+        bound = snap_to_bucket(value, bounds)
         if abs(bound - value) > 1e-9:
             notes.append(
                 f"slo.{name} = {value:g} is not a vLLM bucket bound; SLO attainment panels "

@@ -43,7 +43,15 @@ from urllib.parse import quote
 
 import yaml
 
-from tuner.config import SLO, format_duration, parse_duration
+from tuner.config import (
+    ITL_BUCKETS,
+    REQUEST_BUCKETS,
+    SLO,
+    TTFT_BUCKETS,
+    format_duration,
+    parse_duration,
+    snap_to_bucket,
+)
 from tuner.errors import QueryError, TunerError
 from tuner.promql import Engine, QueryResult, VectorSelector, check_expr, parse_expr
 from tuner.store import STALE_NAN, Store
@@ -489,15 +497,6 @@ def expand_template(text: str, labels: Mapping[str, str], value: float,
 # Rendering the shipped rules with the config's SLO
 # =============================================================================================
 
-# vLLM histogram bucket bounds (seconds); REFERENCE.md.
-TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
-                7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
-ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
-               10.0, 20.0, 40.0, 80.0)
-REQUEST_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0,
-                   60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
-
-
 @dataclass(frozen=True)
 class SnappedSLO:
     """SLO thresholds as rendered into the rules, each on a bucket bound."""
@@ -508,12 +507,6 @@ class SnappedSLO:
     error_rate: float
     objective: float
     notes: tuple[str, ...] = ()
-
-
-def snap_to_bucket(value: float, bounds: Sequence[float]) -> float:
-    """The largest bound not above ``value`` (stricter, never later), or the smallest bound."""
-    below = [b for b in bounds if b <= value * (1 + 1e-12)]
-    return max(below) if below else min(bounds)
 
 
 def snap_slo(slo: SLO) -> SnappedSLO:

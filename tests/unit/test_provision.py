@@ -11,7 +11,7 @@ import yaml
 
 from tuner import dashboards
 from tuner.cli import main
-from tuner.config import SLO, load_config, parse_config
+from tuner.config import SLO, TTFT_BUCKETS, load_config, parse_config, snap_to_bucket
 from tuner.errors import ProvisionError
 from tuner.promql import check_expr
 from tuner.provision import MANIFEST, provision, render_all, repo_files, rule_files
@@ -127,9 +127,9 @@ def test_spec_decode_panels_declare_their_requirement() -> None:
 
 
 def test_slo_lands_on_bucket_bounds_in_both_le_spellings() -> None:
-    assert dashboards.bucket_bound(0.3, dashboards.TTFT_BUCKETS) == 0.25
-    assert dashboards.bucket_bound(1.0, dashboards.TTFT_BUCKETS) == 1.0
-    assert dashboards.bucket_bound(0.0001, dashboards.TTFT_BUCKETS) == 0.001
+    assert snap_to_bucket(0.3, TTFT_BUCKETS) == 0.25
+    assert snap_to_bucket(1.0, TTFT_BUCKETS) == 1.0
+    assert snap_to_bucket(0.0001, TTFT_BUCKETS) == 0.001
     regex = dashboards.le_regex(1.0).replace("\\\\", "\\")
     assert re.fullmatch(regex, "1.0") and re.fullmatch(regex, "1")
     assert not re.fullmatch(regex, "10") and not re.fullmatch(regex, "1x0")
