@@ -420,7 +420,9 @@ def write_tune_plots(outcome: Any, out: Path) -> list[Path]:
                        zorder=3)
     front = pareto_front(pts_all)
     if front:
-        ax.plot(*zip(*front, strict=True), c="black", lw=1, ls="--", label="Pareto front")
+        # ringed markers, so a front of a single point (one config dominating) still shows
+        ax.plot(*zip(*front, strict=True), c="black", lw=1, ls="--", marker="o", ms=9,
+                mfc="none", zorder=4, label="Pareto front")
     if cfg.slo.ttft_p99_seconds is not None:
         ax.axvline(cfg.slo.ttft_p99_seconds, c="tab:red", lw=1, label="SLO p99 TTFT")
     ax.set_xlabel("p99 TTFT (s)")
