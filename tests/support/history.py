@@ -22,12 +22,10 @@ from typing import Any
 import numpy as np
 
 from tuner.config import ITL_BUCKETS, TTFT_BUCKETS
+from tuner.config import REQUEST_BUCKETS as REQ_BUCKETS
 
 Labels = tuple[tuple[str, str], ...]
 Point = tuple[str, Labels, int, float]
-
-REQ_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0,
-               60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
 
 
 def tokens_buckets(max_model_len: int) -> tuple[float, ...]:
