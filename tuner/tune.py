@@ -41,7 +41,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
@@ -50,6 +50,7 @@ import yaml
 
 from tuner.config import _Reader
 from tuner.errors import ConfigError, StoreError, TunerError
+from tuner.load import LoadSummary
 
 # ----------------------------------------------------------------------------- constants
 
@@ -821,11 +822,11 @@ def build_load_spec(load: Mapping[str, Any], r: _Reader | None = None) -> Any:
 def _load_kwargs(r: _Reader, load: Mapping[str, Any]) -> dict[str, Any]:
     from tuner import load as load_mod
 
-    fields = load_mod.LoadSpec.__dataclass_fields__
+    known = load_mod.LoadSpec.__dataclass_fields__
     out: dict[str, Any] = {}
     for k, v in load.items():
-        if k not in fields:
-            allowed = sorted([*fields, *_LOAD_OWN_KEYS])
+        if k not in known:
+            allowed = sorted([*known, *_LOAD_OWN_KEYS])
             raise r.fail(f"load.{k}", f"unknown key; allowed keys here: {', '.join(allowed)}")
         if k in ("prompt_tokens", "output_tokens"):
             out[k] = _length_dist(r, v, f"load.{k}")
@@ -879,21 +880,10 @@ def load_tune_config(path: str | Path) -> TuneConfig:
 
 
 @dataclass(frozen=True)
-class Measurement:
-    """What one load run measured: client side (load summary) and server side (scrape)."""
+class Measurement(LoadSummary):
+    """What one load run measured: client side (the load summary's fields) and server side
+    (scraped signals)."""
 
-    requests: int
-    errors: int
-    error_rate: float
-    output_tokens: int
-    output_tok_per_s: float
-    request_rate: float
-    ttft_p50: float
-    ttft_p99: float
-    itl_p50: float
-    itl_p99: float
-    e2e_p99: float
-    duration: float
     goodput_tok_per_s: float = math.nan
     preemptions: float = math.nan
     preemptions_per_1k_requests: float = math.nan
@@ -1678,28 +1668,12 @@ def goodput(result: Any, slo: TuneSLO, duration: float) -> float:
     return good / duration
 
 
-def measurement_from(summary: Any, signals: Mapping[str, float], good: float) -> Measurement:
-    def g(name: str, default: float = math.nan) -> Any:
-        v = getattr(summary, name, default)
-        return default if v is None else v
-
+def measurement_from(
+    summary: LoadSummary, signals: Mapping[str, float], good: float
+) -> Measurement:
     extra: dict[str, Any] = {k: float(v) for k, v in signals.items()}
-    return Measurement(
-        requests=int(g("requests", 0)),
-        errors=int(g("errors", 0)),
-        error_rate=float(g("error_rate", 0.0)),
-        output_tokens=int(g("output_tokens", 0)),
-        output_tok_per_s=float(g("output_tok_per_s", 0.0)),
-        request_rate=float(g("request_rate")),
-        ttft_p50=float(g("ttft_p50")),
-        ttft_p99=float(g("ttft_p99")),
-        itl_p50=float(g("itl_p50")),
-        itl_p99=float(g("itl_p99")),
-        e2e_p99=float(g("e2e_p99")),
-        duration=float(g("duration", 0.0)),
-        goodput_tok_per_s=good,
-        **extra,
-    )
+    client = {f.name: getattr(summary, f.name) for f in fields(LoadSummary)}
+    return Measurement(**client, goodput_tok_per_s=good, **extra)
 
 
 def run_trial(
