@@ -36,6 +36,8 @@ from tuner.config import Config
 from tuner.errors import ConfigError, StoreError, TunerError
 from tuner.exposition import Labels, Sample, labels_of
 from tuner.notify import Notifier
+from tuner.promql import Engine
+from tuner.rules import InstantQuerier, RuleEngine, load_configured_rules
 from tuner.scrape import ScrapeOutcome, make_client, scrape_all
 from tuner.signals import STATUS_SIGNALS, Signal, evaluate_signals
 from tuner.store import STALE_NAN, ScrapeRecord, Store
@@ -535,8 +537,6 @@ class Alerting:
 
     def __init__(self, config: Config, store: Store, registry: CollectorRegistry,
                  clock: Callable[[], float] = time.time) -> None:
-        from tuner.promql import Engine
-        from tuner.rules import InstantQuerier, RuleEngine, load_configured_rules
 
         self.config = config
         self.clock = clock
@@ -702,8 +702,6 @@ class Status:
 
 def read_status(config: Config, now: float | None = None) -> Status:
     """Targets' last scrape and live signals, read from the daemon's store (read-only)."""
-    from tuner.promql import Engine  # the evaluator is only needed for status, not scraping
-
     now = time.time() if now is None else now
     store = Store(config.store.path, config.store.retention, config.store.max_bytes, read_only=True)
     try:
