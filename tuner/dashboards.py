@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tuner.config import ITL_BUCKETS, REQUEST_BUCKETS, SLO, TTFT_BUCKETS, snap_to_bucket
+from tuner.signals import le_regex
 
 GENERATOR = "dashboards/generate.py (dashboards as code in tuner/dashboards.py)"
 HEADER = (
@@ -97,18 +98,6 @@ ALERT_ACTIVE = Requirement("an alert pending or firing in the sidecar", "tuner_a
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def le_regex(bound: float) -> str:
-    """A PromQL regex for the ``le`` label of ``bound`` in both spellings.
-
-    prometheus_client writes ``1.0`` (Python float repr), Prometheus 3 normalises to ``1``.
-    The result is ready to sit inside a double-quoted PromQL string.
-    """
-    spellings = {repr(float(bound))}
-    if float(bound).is_integer():
-        spellings.add(str(int(bound)))
-    return "|".join(re.escape(s).replace("\\", "\\\\") for s in sorted(spellings))
 
 
 def fmt_seconds(s: float) -> str:

@@ -85,6 +85,18 @@ class SeriesReader(Protocol):
         ...
 
 
+class Querier(Protocol):
+    """Anything that answers PromQL: ``Engine``, ``LocalSource``, ``PrometheusSource``.
+
+    The one query seam of the package: signals, rules, suggest and workload take a ``Querier``.
+    """
+
+    def instant(self, expr: str, ts: float) -> QueryResult: ...
+
+    def range(self, expr: str, start: float, end: float,
+              step: float) -> tuple[RangeSeries, ...]: ...
+
+
 # -- AST -------------------------------------------------------------------------------------
 
 

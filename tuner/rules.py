@@ -54,6 +54,7 @@ from tuner.config import (
 )
 from tuner.errors import QueryError, TunerError
 from tuner.promql import Engine, QueryResult, VectorSelector, check_expr, parse_expr
+from tuner.signals import le_regex
 from tuner.store import STALE_NAN, Store
 
 log = logging.getLogger(__name__)
@@ -536,14 +537,6 @@ def _num(x: float) -> str:
     return str(int(r)) if r == int(r) and abs(r) < 1e15 else repr(r)
 
 
-def _le_regex(bound: float) -> str:
-    """Regex (as PromQL string content) matching vLLM's ``le`` text and Prometheus 3's."""
-    text = _num(bound)
-    if "." in text or "e" in text:
-        return text.replace(".", "\\\\.")
-    return text + "(\\\\.0)?"
-
-
 def render_rule_files(slo: SLO | None = None) -> dict[str, str]:
     """The shipped rule files (file name -> YAML text) with ``slo``'s thresholds.
 
@@ -553,7 +546,7 @@ def render_rule_files(slo: SLO | None = None) -> dict[str, str]:
     s = snap_slo(slo or SLO())
     budget = 1.0 - s.objective
     values = {
-        "@TTFT_LE@": _le_regex(s.ttft_seconds),
+        "@TTFT_LE@": le_regex(s.ttft_seconds),
         "@TTFT@": _num(s.ttft_seconds),
         "@ITL@": _num(s.itl_seconds),
         "@QUEUE@": _num(s.queue_seconds),

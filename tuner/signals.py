@@ -13,6 +13,7 @@ at one instant and returns values per instance.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -251,8 +252,6 @@ _MATCHER_RE = r'\s*[a-zA-Z_][a-zA-Z0-9_]*\s*(?:=~|!~|!=|=)\s*"(?:[^"\\]|\\.)*"\s
 
 def split_matchers(selector: str) -> list[str]:
     """``{a="x", b=~"y"}`` -> ``['a="x"', 'b=~"y"']``; raises ValueError if not a matcher list."""
-    import re
-
     text = selector.strip()
     if not (text.startswith("{") and text.endswith("}")):
         raise ValueError(f"{selector!r} is not a label selector like {{model_name=\"x\"}}")
@@ -265,6 +264,18 @@ def split_matchers(selector: str) -> list[str]:
             f"{selector!r} is not a label selector like {{model_name=\"x\", instance=~\"a.*\"}}"
         )
     return [p.strip().rstrip(",").strip() for p in parts]
+
+
+def le_regex(bound: float) -> str:
+    """A PromQL regex for the ``le`` label of ``bound`` in both spellings.
+
+    prometheus_client writes ``1.0`` (Python float repr), Prometheus 3 normalises to ``1``.
+    The result is ready to sit inside a double-quoted PromQL string.
+    """
+    spellings = {repr(float(bound))}
+    if float(bound).is_integer():
+        spellings.add(str(int(bound)))
+    return "|".join(re.escape(s).replace("\\", "\\\\") for s in sorted(spellings))
 
 
 def mean_acceptance_length(accepted: float, drafts: float) -> float:

@@ -15,6 +15,7 @@ from tuner.config import SLO, TTFT_BUCKETS, load_config, parse_config, snap_to_b
 from tuner.errors import ProvisionError
 from tuner.promql import check_expr
 from tuner.provision import MANIFEST, provision, render_all, repo_files, rule_files
+from tuner.signals import le_regex
 
 REPO = Path(__file__).resolve().parents[2]
 VARS = {
@@ -130,7 +131,7 @@ def test_slo_lands_on_bucket_bounds_in_both_le_spellings() -> None:
     assert snap_to_bucket(0.3, TTFT_BUCKETS) == 0.25
     assert snap_to_bucket(1.0, TTFT_BUCKETS) == 1.0
     assert snap_to_bucket(0.0001, TTFT_BUCKETS) == 0.001
-    regex = dashboards.le_regex(1.0).replace("\\\\", "\\")
+    regex = le_regex(1.0).replace("\\\\", "\\")
     assert re.fullmatch(regex, "1.0") and re.fullmatch(regex, "1")
     assert not re.fullmatch(regex, "10") and not re.fullmatch(regex, "1x0")
     slo = SLO(ttft_p99_seconds=0.3, itl_p99_seconds=0.05, e2e_p99_seconds=30.0, defaulted=False)

@@ -113,7 +113,7 @@ def test_render_snaps_thresholds_to_bucket_bounds_and_says_so(
     rules = load_rule_texts(files)  # still valid rules of our subset
     assert "VllmTtftSloBurnRateCritical" in rules.alert_names
     # integer bound: both spellings of le ("1.0" from vLLM, "1" from Prometheus 3)
-    assert 'le=~"2560(\\\\.0)?"' in render_rule_files(SLO(ttft_p99_seconds=5000))["slo.yaml"]
+    assert 'le=~"2560|2560\\\\.0"' in render_rule_files(SLO(ttft_p99_seconds=5000))["slo.yaml"]
 
 
 def test_rendered_snapped_rules_evaluate_on_the_snapped_bucket(tmp_path: Path) -> None:
