@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from tuner.errors import StoreError
 from tuner.exposition import Labels, Sample
@@ -425,28 +424,6 @@ class Store:
                     name, labels = self._series_rows[int(sids[a])]
                     out.append(SeriesData(name, dict(labels), ts[a:b].copy(), vals[a:b].copy()))
         return out
-
-    def read_frame(self, matchers: Sequence[Matcher], start_ms: int, end_ms: int) -> pd.DataFrame:
-        """A window as a long DataFrame: ``name``, one column per label, ``ts`` (UTC), ``value``.
-
-        Stale markers are dropped.
-        """
-        frames = []
-        for s in self.select(matchers, start_ms, end_ms):
-            keep = np.array([not is_stale(v) for v in s.values], dtype=bool)
-            df = pd.DataFrame(
-                {
-                    "ts": pd.to_datetime(s.timestamps[keep], unit="ms", utc=True),
-                    "value": s.values[keep],
-                }
-            )
-            df["name"] = s.name
-            for k, v in s.labels.items():
-                df[k] = v
-            frames.append(df)
-        if not frames:
-            return pd.DataFrame(columns=["name", "ts", "value"])
-        return pd.concat(frames, ignore_index=True)
 
     def time_range(self) -> tuple[int, int] | None:
         """Oldest and newest sample timestamps (ms), or None for an empty store."""

@@ -59,14 +59,6 @@ def test_matchers(tmp_path: Path) -> None:
         assert sel(Matcher("__name__", "=", "x"), Matcher("missing", "=", "")) == {"a", "b"}
 
 
-def test_window_reads_as_pandas(tmp_path: Path) -> None:
-    with Store(tmp_path / "s.db") as store:
-        store.append_points([("g", lab(a="1"), t * 1000, float(t)) for t in range(10)])
-        df = store.read_frame([Matcher("__name__", "=", "g")], 2000, 5000)
-        assert list(df["value"]) == [2.0, 3.0, 4.0, 5.0]
-        assert set(df.columns) >= {"name", "a", "ts", "value"}
-
-
 def test_retention_deletes_old_samples_only(tmp_path: Path) -> None:
     now = 10 * 86400.0
     with Store(tmp_path / "s.db", retention=86400, clock=lambda: now) as store:
