@@ -462,11 +462,12 @@ def sync_generated(root: Path, files: Mapping[str, str], check: bool = False) ->
         if root.exists() and not root.is_dir():
             raise ProvisionError(f"{root}: exists and is not a directory; choose another one")
         for rel in stale:
-            _write_atomically(root / rel, files[rel])
+            _write_atomically(root, root / rel, files[rel])
     return SyncResult(root, tuple(sorted(files)), tuple(stale), check)
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def _write_atomically(root: Path, path: Path, text: str) -> None:
+    """Replace ``path`` (under ``root``) by ``text`` through a temporary file and a rename."""
     if path.is_dir():
         raise ProvisionError(f"{path}: is a directory; cannot replace it with a file")
     tmp = path.with_name(f".{path.name}.tuner-tmp")
@@ -478,7 +479,8 @@ def _write_atomically(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         raise ProvisionError(
-            f"{getattr(exc, 'filename', None) or path}: cannot write: {exc.strerror or exc}"
+            f"{root}: cannot write {getattr(exc, 'filename', None) or path}: "
+            f"{exc.strerror or exc}"
         ) from None
 
 
@@ -576,15 +578,10 @@ def write_files(
     try:
         for rel, text in sorted(files.items()):
             path = out / rel
-            if path.is_dir():
-                raise ProvisionError(f"{path}: is a directory; cannot replace it with a file")
             if path.is_file() and path.read_text(errors="replace") == text:
                 unchanged.append(path)
             else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.tuner-tmp")
-                tmp.write_text(text)
-                os.replace(tmp, path)
+                _write_atomically(out, path, text)
                 written.append(path)
             manifest[rel] = _digest(text)
         (out / MANIFEST).write_text(

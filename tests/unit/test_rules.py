@@ -634,7 +634,7 @@ def test_rules_render_into_an_unwritable_place_fails_clearly(
     err = capsys.readouterr().err
     assert err.startswith("tuner rules: error: ") and str(blocker) in err
     assert ("exists and is not a directory" in err if make_out == "a file"
-            else "cannot write: Not a directory" in err), err
+            else f"cannot write {out}: Not a directory" in err), err
     assert blocker.read_text() == "keep me\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
 
