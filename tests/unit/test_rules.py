@@ -639,6 +639,16 @@ def test_rules_render_into_an_unwritable_place_fails_clearly(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
 
 
+def test_rules_render_into_a_directory_that_refuses_files_fails_clearly(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """/proc/self takes no new files, even from root (the tests run as root)."""
+    assert main(["rules", "render", "--out", "/proc/self"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tuner rules: error: /proc/self: cannot write /proc/self/"), err
+    assert not Path("/proc/self/gpu.yaml").exists()
+
+
 def test_rules_render_outside_a_checkout_needs_out(tmp_path: Path) -> None:
     """An installed copy (the package without the repository around it) still finds its
     templates (package data) and asks for --out instead of guessing a directory."""
