@@ -1,6 +1,6 @@
 """Prometheus rule files: render, load and validate, evaluate, and unit-test them.
 
-One module per job; a sample's path to an alert is ``files`` → ``engine``:
+One module per job (a sample reaches an alert through ``files`` and ``engine``):
 
 * ``render`` — the shipped rule templates (``templates/*.yaml``, package data) filled in with
   the config's SLO, thresholds snapped to vLLM bucket bounds (``render_rule_files``).
@@ -14,7 +14,8 @@ One module per job; a sample's path to an alert is ``files`` → ``engine``:
   (``AlertStatus``) over any ``tuner.promql.Querier``; alert state persisted in the store.
 * ``promtool_tests`` — ``promtool test rules`` files run with this evaluator.
 
-``render`` imports neither ``files`` nor ``engine``: ``tuner.provision`` uses it alone.
+``render`` needs only ``tuner.config`` and ``tuner.signals``, never ``files`` or ``engine``:
+``tuner.provision`` imports it (and nothing else of the evaluator) to ship the rules.
 """
 
 from __future__ import annotations
