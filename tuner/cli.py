@@ -182,6 +182,8 @@ def _add_rules(sub: Any) -> None:
                    "default SLO)")
     r.add_argument("--check", action="store_true",
                    help="write nothing; exit 1 and name the files that differ")
+    r.add_argument("--force", action="store_true",
+                   help="replace files in --out that the renderer did not write")
     r.set_defaults(handler=_cmd_rules_render)
 
 
@@ -222,7 +224,8 @@ def _cmd_rules_render(args: argparse.Namespace) -> int:
     from tuner.provision import render_rules
 
     slo = load_config(args.config).slo if args.config else SLO()
-    result = render_rules(slo, Path(args.out) if args.out else None, check=args.check)
+    result = render_rules(slo, Path(args.out) if args.out else None, check=args.check,
+                          force=args.force)
     for rel in result.stale:
         print(f"{'out of date' if result.checked else 'wrote'} {result.root / rel}")
     if result.checked:

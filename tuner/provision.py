@@ -19,10 +19,8 @@ file is written. Missing SLOs or cost fall back to the documented defaults and s
 ``ProvisionResult.notes``.
 
 ``repo_files()`` renders the generated files committed in this repository (``dashboards/``,
-``rules/*.yaml``, ``deploy/kubernetes/base/``). ``sync_generated(root, files, check)`` is the
-one writer (and drift check) for such generated files: ``python dashboards/generate.py`` runs
-it over ``repo_files()``, ``tuner rules render`` (``render_rules``) over the rule files alone,
-and the drift tests keep the committed copies equal to the generators.
+``rules/*.yaml``, ``deploy/kubernetes/base/``); ``sync_generated`` writes or (``check``) compares
+them for ``python dashboards/generate.py``, ``tuner rules render`` and the drift tests.
 """
 
 from __future__ import annotations
@@ -52,7 +50,7 @@ from tuner.config import (
     split_host_port,
 )
 from tuner.errors import ProvisionError
-from tuner.rules.render import render_rule_files
+from tuner.rules.render import GENERATED_MARKERS, render_rule_files
 
 MANIFEST = ".tuner-provision.json"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -307,9 +305,7 @@ def render_grafana_dashboard_provider(dashboards_path: str) -> dict[str, Any]:
     }
 
 
-def rule_files(slo: SLO) -> dict[str, str]:
-    """Rule files (name -> YAML text) with the SLO thresholds filled in (``tuner.rules``)."""
-    return render_rule_files(slo)
+rule_files = render_rule_files  # rule files (name -> YAML text) with the SLO filled in
 
 
 def render_prometheus_rule(
@@ -494,14 +490,33 @@ def default_rules_dir() -> Path:
     )
 
 
-def render_rules(slo: SLO, out: Path | None = None, check: bool = False) -> SyncResult:
+def render_rules(slo: SLO, out: Path | None = None, check: bool = False,
+                 force: bool = False) -> SyncResult:
     """``tuner rules render``: write the shipped rule files rendered with ``slo`` into ``out``.
 
     ``out`` defaults to the repository's ``rules/`` (``default_rules_dir``). With ``check``
-    nothing is written and ``SyncResult.stale`` names the files that differ (drift).
+    nothing is written and ``SyncResult.stale`` names the files that differ (drift). A file
+    in the way without the renderer's header is not replaced (nothing is) unless ``force``.
     """
-    return sync_generated(out if out is not None else default_rules_dir(),
-                          render_rule_files(slo), check=check)
+    root = out if out is not None else default_rules_dir()
+    files = render_rule_files(slo)
+    foreign = [] if check or force else [n for n in files if _foreign_file(root / n)]
+    if foreign:
+        raise ProvisionError(
+            f"{root}: refusing to replace {', '.join(foreign)}: not written by `tuner rules "
+            "render` (no header saying so). Nothing was written; move them away, choose "
+            "another --out, or pass --force to replace them"
+        )
+    return sync_generated(root, files, check=check)
+
+
+def _foreign_file(path: Path) -> bool:
+    """An existing file whose first lines do not say the rule renderer wrote it."""
+    try:
+        head = path.read_text()[:400] if path.is_file() else None
+    except (OSError, UnicodeDecodeError):
+        return True
+    return head is not None and not any(m in head for m in GENERATED_MARKERS)
 
 
 # --------------------------------------------------------------------------------------------

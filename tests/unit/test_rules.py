@@ -20,6 +20,7 @@ from tuner.config import SLO
 from tuner.promql import Engine
 from tuner.provision import repo_files, sync_generated
 from tuner.rules import (
+    GENERATED_MARKERS,
     STATE_DOCUMENT_KIND,
     TEMPLATE_NAMES,
     AlertStatus,
@@ -609,6 +610,33 @@ def test_rules_render_check_names_the_drifted_files_and_writes_nothing(
     text = capsys.readouterr().out
     assert f"out of date {out / 'gpu.yaml'}" in text and "slo.yaml" not in text
     assert (out / "gpu.yaml").read_text() == edited  # --check changed nothing
+
+
+def test_rules_render_does_not_replace_someone_elses_rule_file_without_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "rules"
+    out.mkdir()
+    own = "# our own SLO rules\ngroups: []\n"
+    (out / "slo.yaml").write_text(own)
+    assert main(["rules", "render", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{out}: refusing to replace slo.yaml: not written by `tuner rules render`" in err
+    assert "--force" in err
+    assert sorted(p.name for p in out.iterdir()) == ["slo.yaml"]  # nothing was written
+    assert (out / "slo.yaml").read_text() == own
+    # files the renderer wrote (this version's header, or the older one) are replaced
+    old = render_rule_files(SLO())["gpu.yaml"].replace(
+        "Written by `tuner rules render` from tuner/rules/templates/gpu.yaml",
+        "Rendered by tuner.rules.render_rule_files")
+    (out / "gpu.yaml").write_text(old)
+    assert main(["rules", "render", "--out", str(out), "--force"]) == 0
+    assert {p.name: p.read_text() for p in out.glob("*.yaml")} == render_rule_files(SLO())
+    (out / "gpu.yaml").write_text(old)
+    assert main(["rules", "render", "--out", str(out)]) == 0
+    assert (out / "gpu.yaml").read_text() == render_rule_files(SLO())["gpu.yaml"]
+    for name in TEMPLATE_NAMES:
+        assert GENERATED_MARKERS[0] in render_rule_files(SLO())[name].split("groups:")[0]
 
 
 def test_rules_render_check_of_the_checkout_is_the_committed_drift_check(

@@ -50,6 +50,7 @@ from tuner.rules.files import (
 )
 from tuner.rules.promtool_tests import UnitTestResult, expand_values, parse_series, run_test_files
 from tuner.rules.render import (
+    GENERATED_MARKERS,
     TEMPLATE_NAMES,
     SnappedSLO,
     read_template,
@@ -71,6 +72,7 @@ from tuner.rules.templates import (
 
 __all__ = [
     "DEFAULT_RESEND_DELAY",
+    "GENERATED_MARKERS",
     "RESOLVED_RETENTION",
     "STATE_DOCUMENT_KIND",
     "TEMPLATE_NAMES",

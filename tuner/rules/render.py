@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 # The shipped rule files, in evaluation order (later groups may use earlier recorded series).
 TEMPLATE_NAMES = ("vllm.yaml", "slo.yaml", "gpu.yaml")
+# Each rendered file says in its first lines that it is generated (the second form is how
+# files rendered before `tuner rules render` existed say it); anything else is someone's own.
+GENERATED_MARKERS = ("Written by `tuner rules render`", "Rendered by tuner.rules.render_rule_files")
 
 
 @dataclass(frozen=True)
