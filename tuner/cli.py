@@ -163,7 +163,9 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
 
 
 def _add_rules(sub: Any) -> None:
-    p = sub.add_parser("rules", help="check rule files, run rule unit tests (promtool format)")
+    p = sub.add_parser(
+        "rules", help="write the shipped rule files, check rule files, run rule unit tests"
+    )
     rsub = p.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
     t = rsub.add_parser("test", help="run promtool-format rule unit tests with tuner's evaluator")
     t.add_argument("files", nargs="+", metavar="FILE", help="unit-test files (globs allowed)")
@@ -172,6 +174,17 @@ def _add_rules(sub: Any) -> None:
     c.add_argument("files", nargs="+", metavar="FILE", help="rule files (globs allowed)")
     c.add_argument("--no-promtool", action="store_true", help="skip promtool even if installed")
     c.set_defaults(handler=_cmd_rules_check)
+    r = rsub.add_parser("render", help="write rules/*.yaml from tuner's rule templates")
+    r.add_argument("--out", "-o", default=None,
+                   help="directory to write (default: the repository's rules/ in a checkout)")
+    r.add_argument("--config", "-c", default=None,
+                   help="tuner.yaml whose slo section fills the thresholds (default: the "
+                   "default SLO)")
+    r.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 and name the files that differ")
+    r.add_argument("--force", action="store_true",
+                   help="replace files in --out that the renderer did not write")
+    r.set_defaults(handler=_cmd_rules_render)
 
 
 def _cmd_rules_test(args: argparse.Namespace) -> int:
@@ -202,6 +215,26 @@ def _cmd_rules_check(args: argparse.Namespace) -> int:
             print("  (promtool not installed: checked with tuner's evaluator only)")
         failed += not res.ok
     return 1 if failed else 0
+
+
+def _cmd_rules_render(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tuner.config import SLO, load_config
+    from tuner.provision import render_rules
+
+    slo = load_config(args.config).slo if args.config else SLO()
+    result = render_rules(slo, Path(args.out) if args.out else None, check=args.check,
+                          force=args.force)
+    for rel in result.stale:
+        print(f"{'out of date' if result.checked else 'wrote'} {result.root / rel}")
+    if result.checked:
+        print(f"{result.root}: {len(result.stale)} of {len(result.paths)} rule file(s) "
+              "differ from the templates" + (" (run `tuner rules render`)" if result.stale else ""))
+        return 1 if result.stale else 0
+    print(f"{result.root}: {len(result.stale)} file(s) written, "
+          f"{len(result.paths) - len(result.stale)} unchanged")
+    return 0
 
 
 def _add_alerts(sub: Any) -> None:

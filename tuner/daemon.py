@@ -36,8 +36,8 @@ from tuner.config import Config
 from tuner.errors import ConfigError, StoreError, TunerError
 from tuner.exposition import Labels, Sample, labels_of
 from tuner.notify import Notifier
-from tuner.promql import Engine
-from tuner.rules import InstantQuerier, RuleEngine, load_configured_rules
+from tuner.promql import Engine, Querier
+from tuner.rules import RuleEngine, load_configured_rules
 from tuner.scrape import ScrapeOutcome, make_client, scrape_all
 from tuner.signals import STATUS_SIGNALS, Signal, evaluate_signals
 from tuner.store import STALE_NAN, ScrapeRecord, Store
@@ -541,7 +541,7 @@ class Alerting:
         self.config = config
         self.clock = clock
         rules = load_configured_rules(config.rule_files, config.slo)
-        querier: InstantQuerier
+        querier: Querier
         if config.prometheus_url:
             from tuner.source import PrometheusSource
 

@@ -37,3 +37,16 @@ class QueryError(TunerError):
 
 class ProvisionError(TunerError):
     """Provisioning files could not be written (unwritable or foreign files in the way)."""
+
+
+# -- rules (tuner.rules): rule files, templates, rule unit tests -----------------------------
+
+
+class RuleError(TunerError):
+    """A rule file, a rule unit-test file or a template is invalid; names file, group and rule."""
+
+    exit_code = 2
+
+
+class TemplateError(RuleError):
+    """A Go template in a rule's labels or annotations cannot be parsed or expanded."""

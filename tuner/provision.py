@@ -18,14 +18,15 @@ foreign and is only overwritten with ``force=True``. Every conflict is reported 
 file is written. Missing SLOs or cost fall back to the documented defaults and say so in
 ``ProvisionResult.notes``.
 
-``repo_files(root)`` renders the generated files committed in this repository (``dashboards/``,
-``deploy/kubernetes/base/``); a test keeps them in sync.
+``repo_files()`` renders the generated files committed in this repository (``dashboards/``,
+``rules/*.yaml``, ``deploy/kubernetes/base/``); ``sync_generated`` writes or (``check``) compares
+them for ``python dashboards/generate.py``, ``tuner rules render`` and the drift tests.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import importlib
 import json
 import os
 from collections.abc import Mapping
@@ -49,6 +50,7 @@ from tuner.config import (
     split_host_port,
 )
 from tuner.errors import ProvisionError
+from tuner.rules.render import GENERATED_MARKERS, render_rule_files
 
 MANIFEST = ".tuner-provision.json"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -303,20 +305,7 @@ def render_grafana_dashboard_provider(dashboards_path: str) -> dict[str, Any]:
     }
 
 
-def rule_files(slo: SLO) -> dict[str, str]:
-    """Rule files (name -> YAML text) with the SLO thresholds filled in.
-
-    Uses ``tuner.rules.render_rule_files`` when it exists, else the committed ``rules/*.yaml``.
-    """
-    try:
-        renderer = getattr(importlib.import_module("tuner.rules"), "render_rule_files", None)
-    except ImportError:
-        renderer = None
-    if renderer is not None:
-        return {str(k): str(v) for k, v in renderer(slo).items()}
-    if not RULES_DIR.is_dir():
-        raise ProvisionError(f"no rule renderer (tuner.rules) and no rule directory {RULES_DIR}")
-    return {p.name: p.read_text() for p in sorted(RULES_DIR.glob("*.yaml"))}
+rule_files = render_rule_files  # rule files (name -> YAML text) with the SLO filled in
 
 
 def render_prometheus_rule(
@@ -418,6 +407,7 @@ def repo_files() -> dict[str, str]:
     rules = rule_files(SLO())
     header = YAML_HEADER.replace("`tuner provision`", "`python dashboards/generate.py`")
     files = {f"dashboards/{k}": dashboard_json_text(v) for k, v in rendered.items()}
+    files.update({f"rules/{k}": v for k, v in rules.items()})
     files["deploy/kubernetes/base/prometheusrule.yaml"] = _yaml(
         render_prometheus_rule(rules), header
     )
@@ -431,7 +421,106 @@ def repo_files() -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------------------------
-# writing
+# writing generated files (the repository's, and `tuner rules render`)
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What ``sync_generated`` did: every generated path under ``root``, and those that differed.
+
+    ``stale`` paths were written, or with ``checked`` only compared (nothing was written).
+    """
+
+    root: Path
+    paths: tuple[str, ...]
+    stale: tuple[str, ...]
+    checked: bool
+
+
+def sync_generated(root: Path, files: Mapping[str, str], check: bool = False) -> SyncResult:
+    """Make ``root/<rel>`` equal to each generated text, or with ``check`` only say which differ.
+
+    For files that are generated and nothing else (the repository's ``dashboards/``, ``rules/``,
+    ``deploy/kubernetes/base/``): they are replaced without a manifest, each atomically, and
+    files equal to the generator are not touched. Nothing is deleted. A directory that
+    cannot be created or a file that cannot be written is a ProvisionError naming the path.
+    """
+    stale = []
+    for rel, text in sorted(files.items()):
+        path = root / rel
+        try:
+            current = path.read_text() if path.is_file() else None
+        except (OSError, UnicodeDecodeError):
+            current = None
+        if current != text:
+            stale.append(rel)
+    if stale and not check:
+        if root.exists() and not root.is_dir():
+            raise ProvisionError(f"{root}: exists and is not a directory; choose another one")
+        for rel in stale:
+            _write_atomically(root, root / rel, files[rel])
+    return SyncResult(root, tuple(sorted(files)), tuple(stale), check)
+
+
+def _write_atomically(root: Path, path: Path, text: str) -> None:
+    """Replace ``path`` (under ``root``) by ``text`` through a temporary file and a rename."""
+    if path.is_dir():
+        raise ProvisionError(f"{path}: is a directory; cannot replace it with a file")
+    tmp = path.with_name(f".{path.name}.tuner-tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise ProvisionError(
+            f"{root}: cannot write {getattr(exc, 'filename', None) or path}: "
+            f"{exc.strerror or exc}"
+        ) from None
+
+
+def default_rules_dir() -> Path:
+    """The repository's ``rules/`` when tuner runs from a checkout; else a ProvisionError."""
+    if (REPO_ROOT / "pyproject.toml").is_file() and RULES_DIR.is_dir():
+        return RULES_DIR
+    raise ProvisionError(
+        "no --out given and tuner is not running from a checkout (no rules/ directory next "
+        f"to the package at {REPO_ROOT}); give --out DIR"
+    )
+
+
+def render_rules(slo: SLO, out: Path | None = None, check: bool = False,
+                 force: bool = False) -> SyncResult:
+    """``tuner rules render``: write the shipped rule files rendered with ``slo`` into ``out``.
+
+    ``out`` defaults to the repository's ``rules/`` (``default_rules_dir``). With ``check``
+    nothing is written and ``SyncResult.stale`` names the files that differ (drift). A file
+    in the way without the renderer's header is not replaced (nothing is) unless ``force``.
+    """
+    root = out if out is not None else default_rules_dir()
+    files = render_rule_files(slo)
+    foreign = [] if check or force else [n for n in files if _foreign_file(root / n)]
+    if foreign:
+        raise ProvisionError(
+            f"{root}: refusing to replace {', '.join(foreign)}: not written by `tuner rules "
+            "render` (no header saying so). Nothing was written; move them away, choose "
+            "another --out, or pass --force to replace them"
+        )
+    return sync_generated(root, files, check=check)
+
+
+def _foreign_file(path: Path) -> bool:
+    """An existing file whose first lines do not say the rule renderer wrote it."""
+    try:
+        head = path.read_text()[:400] if path.is_file() else None
+    except (OSError, UnicodeDecodeError):
+        return True
+    return head is not None and not any(m in head for m in GENERATED_MARKERS)
+
+
+# --------------------------------------------------------------------------------------------
+# writing provisioned files (with a manifest: never replaces files tuner did not write)
 
 
 def _digest(text: str) -> str:
@@ -504,15 +593,10 @@ def write_files(
     try:
         for rel, text in sorted(files.items()):
             path = out / rel
-            if path.is_dir():
-                raise ProvisionError(f"{path}: is a directory; cannot replace it with a file")
             if path.is_file() and path.read_text(errors="replace") == text:
                 unchanged.append(path)
             else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.tuner-tmp")
-                tmp.write_text(text)
-                os.replace(tmp, path)
+                _write_atomically(out, path, text)
                 written.append(path)
             manifest[rel] = _digest(text)
         (out / MANIFEST).write_text(

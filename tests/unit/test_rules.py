@@ -3,9 +3,14 @@ promtool-format unit-test runner — over a real SQLite store and the real PromQ
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,10 +18,15 @@ import pytest
 from tuner.cli import main
 from tuner.config import SLO
 from tuner.promql import Engine
+from tuner.provision import repo_files, sync_generated
 from tuner.rules import (
+    GENERATED_MARKERS,
     STATE_DOCUMENT_KIND,
+    TEMPLATE_NAMES,
+    AlertStatus,
     RuleEngine,
     RuleError,
+    RuleKind,
     TemplateError,
     expand_template,
     expand_values,
@@ -33,6 +43,7 @@ from tuner.rules import (
     parse_series,
     parse_template,
     read_alert_states,
+    read_template,
     render_rule_files,
     run_test_files,
     snap_slo,
@@ -492,3 +503,194 @@ def test_group_limit_is_enforced_like_prometheus(tmp_path: Path) -> None:
     assert rep.errors == ("t.yaml: group 'g': alert 'A': exceeded limit of 1 with 2 alerts",)
     assert eng.alerts() == []
     store.close()
+
+
+def test_state_documents_keep_their_json_form_and_a_corrupt_entry_is_skipped(
+    tmp_path: Path,
+) -> None:
+    """Alert states are an Enum in the code; the store and `tuner alerts` see plain strings.
+    A stored alert whose state or value is not one the engine writes is skipped on restore
+    (and by `tuner alerts`), keeping the good ones; the document itself is left in place."""
+    store = _store_with(tmp_path, [1] * 10)
+    eng = _engine(store, ALERT_FOR_2M)
+    for i in range(4):
+        eng.evaluate(i * 60.0)
+    key, _ts, body = store.documents(STATE_DOCUMENT_KIND)[0]
+    alert = body["alerts"][0]
+    assert type(alert["state"]) is str and alert["state"] == "firing"
+    assert [type(a.state) for a in eng.alerts()] == [AlertStatus]
+    as_json = json.loads(json.dumps([a.to_json() for a in read_alert_states(store)]))
+    assert [(a["alertname"], a["state"], a["active_at"]) for a in as_json] == [
+        ("High", "firing", 0.0)]
+    good = dict(alert, labels={**alert["labels"], "instance": "b"})
+    bad_state = dict(alert, labels={**alert["labels"], "instance": "c"}, state="exploded")
+    bad_value = dict(alert, labels={**alert["labels"], "instance": "d"}, value="lots")
+    store.put_document(STATE_DOCUMENT_KIND, key,
+                       {**body, "alerts": [alert, good, bad_state, bad_value]})
+    assert [a.labels["instance"] for a in read_alert_states(store)] == ["a", "b"]
+    eng2 = _engine(store, ALERT_FOR_2M)
+    assert eng2.restore() == 2
+    assert sorted(a.labels["instance"] for a in eng2.alerts()) == ["a", "b"]
+    assert len(store.documents(STATE_DOCUMENT_KIND)[0][2]["alerts"]) == 4
+    store.close()
+
+
+def test_rule_kinds_and_alert_states_compare_as_the_strings_they_were() -> None:
+    rule = parse_rule_text("groups:\n- name: g\n  rules:\n  - {alert: A, expr: up == 0}\n"
+                           "  - {record: 'r:x', expr: up}\n", "x.yaml")[0].rules
+    assert [r.kind for r in rule] == [RuleKind.ALERT, RuleKind.RECORD] == ["alert", "record"]
+    assert [str(s) for s in AlertStatus] == ["inactive", "pending", "firing", "resolved"]
+    assert AlertStatus.INACTIVE.reported() is AlertStatus.RESOLVED
+    assert AlertStatus.FIRING.reported() is AlertStatus.FIRING
+
+
+# -- the shipped templates and `tuner rules render` ------------------------------------------------
+
+
+def test_rule_templates_are_package_data_listed_in_pyproject() -> None:
+    shipped = sorted(p.name for p in (REPO / "tuner" / "rules" / "templates").glob("*"))
+    assert shipped == sorted(TEMPLATE_NAMES)
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert '"tuner.rules" = ["templates/*.yaml"]' in pyproject
+    placeholders = set()
+    for name in TEMPLATE_NAMES:
+        assert f"tuner/rules/templates/{name}" in read_template(name)  # the header names it
+        placeholders |= set(re.findall(r"@[A-Z0-9_]+@", read_template(name)))
+    assert {"@TTFT_LE@", "@BURN_14_4@", "@ERR_PCT@"} <= placeholders
+    for name, text in render_rule_files(SLO()).items():  # every placeholder is filled
+        assert re.findall(r"@[A-Z0-9_]+@", text) == [], name
+
+
+def test_rules_render_writes_the_rule_files_and_leaves_equal_ones_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "new" / "rules"
+    assert main(["rules", "render", "--out", str(out)]) == 0
+    assert "3 file(s) written, 0 unchanged" in capsys.readouterr().out
+    assert {p.name: p.read_text() for p in out.glob("*.yaml")} == render_rule_files(SLO())
+    (out / "mine.yaml").write_text("groups: []\n")  # files it does not render are left alone
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert main(["rules", "render", "--out", str(out)]) == 0
+    assert "0 file(s) written, 3 unchanged" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes
+    assert sorted(p.name for p in out.iterdir()) == ["gpu.yaml", "mine.yaml", "slo.yaml",
+                                                      "vllm.yaml"]
+
+
+def test_rules_render_uses_the_configs_slo(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "tuner.yaml"
+    config.write_text("targets:\n  - {name: v, url: 'http://127.0.0.1:8000/metrics'}\n"
+                      "slo: {ttft_p99_seconds: 0.6, error_rate: 0.02}\n")
+    out = tmp_path / "rules"
+    assert main(["rules", "render", "--config", str(config), "--out", str(out)]) == 0
+    slo_text = (out / "slo.yaml").read_text()
+    assert slo_text == render_rule_files(SLO(ttft_p99_seconds=0.6, error_rate=0.02))["slo.yaml"]
+    assert 'le=~"0\\\\.5"' in slo_text and "at most 2%" in slo_text
+    assert "# NOTE: slo.ttft_p99_seconds 0.6s is not a bucket bound" in slo_text
+    # against the default rendering these files drift: --check says so
+    assert main(["rules", "render", "--check", "--out", str(out)]) == 1
+    assert f"out of date {out / 'slo.yaml'}" in capsys.readouterr().out
+
+
+def test_rules_render_check_names_the_drifted_files_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "rules"
+    assert main(["rules", "render", "--check", "--out", str(out)]) == 1
+    text = capsys.readouterr().out
+    assert text.count("out of date") == 3 and "3 of 3 rule file(s) differ" in text
+    assert not out.exists()
+    assert main(["rules", "render", "--out", str(out)]) == 0
+    assert main(["rules", "render", "--check", "--out", str(out)]) == 0
+    assert "0 of 3 rule file(s) differ" in capsys.readouterr().out
+    edited = (out / "gpu.yaml").read_text().replace("for: 15m", "for: 1m")
+    (out / "gpu.yaml").write_text(edited)
+    assert main(["rules", "render", "--check", "--out", str(out)]) == 1
+    text = capsys.readouterr().out
+    assert f"out of date {out / 'gpu.yaml'}" in text and "slo.yaml" not in text
+    assert (out / "gpu.yaml").read_text() == edited  # --check changed nothing
+
+
+def test_rules_render_does_not_replace_someone_elses_rule_file_without_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "rules"
+    out.mkdir()
+    own = "# our own SLO rules\ngroups: []\n"
+    (out / "slo.yaml").write_text(own)
+    assert main(["rules", "render", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{out}: refusing to replace slo.yaml: not written by `tuner rules render`" in err
+    assert "--force" in err
+    assert sorted(p.name for p in out.iterdir()) == ["slo.yaml"]  # nothing was written
+    assert (out / "slo.yaml").read_text() == own
+    # files the renderer wrote (this version's header, or the older one) are replaced
+    old = render_rule_files(SLO())["gpu.yaml"].replace(
+        "Written by `tuner rules render` from tuner/rules/templates/gpu.yaml",
+        "Rendered by tuner.rules.render_rule_files")
+    (out / "gpu.yaml").write_text(old)
+    assert main(["rules", "render", "--out", str(out), "--force"]) == 0
+    assert {p.name: p.read_text() for p in out.glob("*.yaml")} == render_rule_files(SLO())
+    (out / "gpu.yaml").write_text(old)
+    assert main(["rules", "render", "--out", str(out)]) == 0
+    assert (out / "gpu.yaml").read_text() == render_rule_files(SLO())["gpu.yaml"]
+    for name in TEMPLATE_NAMES:
+        assert GENERATED_MARKERS[0] in render_rule_files(SLO())[name].split("groups:")[0]
+
+
+def test_rules_render_check_of_the_checkout_is_the_committed_drift_check(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Without --out, in a checkout, the command renders into the repository's rules/: the
+    same writer (tuner.provision.sync_generated) that dashboards/generate.py runs."""
+    assert main(["rules", "render", "--check"]) == 0
+    assert f"{RULES}: 0 of 3 rule file(s) differ" in capsys.readouterr().out
+    result = sync_generated(REPO, repo_files(), check=True)
+    assert {f"rules/{n}" for n in TEMPLATE_NAMES} <= set(result.paths)
+    assert result.stale == ()
+
+
+@pytest.mark.parametrize("make_out", ["a file", "under a file"])
+def test_rules_render_into_an_unwritable_place_fails_clearly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make_out: str
+) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("keep me\n")
+    out = blocker if make_out == "a file" else blocker / "rules"
+    assert main(["rules", "render", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tuner rules: error: ") and str(blocker) in err
+    assert ("exists and is not a directory" in err if make_out == "a file"
+            else f"cannot write {out}: Not a directory" in err), err
+    assert blocker.read_text() == "keep me\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
+
+
+def test_rules_render_into_a_directory_that_refuses_files_fails_clearly(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """/proc/self takes no new files, even from root (the tests run as root)."""
+    assert main(["rules", "render", "--out", "/proc/self"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tuner rules: error: /proc/self: cannot write /proc/self/"), err
+    assert not Path("/proc/self/gpu.yaml").exists()
+
+
+def test_rules_render_outside_a_checkout_needs_out(tmp_path: Path) -> None:
+    """An installed copy (the package without the repository around it) still finds its
+    templates (package data) and asks for --out instead of guessing a directory."""
+    site = tmp_path / "site"
+    shutil.copytree(REPO / "tuner", site / "tuner",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    run = [sys.executable, "-m", "tuner", "rules", "render"]
+    proc = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "not running from a checkout" in proc.stderr and "give --out DIR" in proc.stderr
+    proc = subprocess.run([*run, "--out", str(tmp_path / "out")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    written = {p.name: p.read_text() for p in (tmp_path / "out").glob("*.yaml")}
+    assert written == render_rule_files(SLO())
