@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from tuner.errors import ConfigError, TunerError
+from tuner.errors import ConfigError, LoadError
 
 HARD_MAX_REQUESTS = 100_000
 MAX_DURATION = 24 * 3600.0
@@ -43,10 +43,6 @@ MAX_DURATION = 24 * 3600.0
 OPEN_LOOP_POOL = 256
 KEEPALIVE_SECONDS = 60.0
 LENGTH_KINDS = ("fixed", "uniform", "normal", "lognormal", "empirical")
-
-
-class LoadError(TunerError):
-    """The load run could not start at all (bad spec, bad URL); per-request errors are records."""
 
 
 # --------------------------------------------------------------------------- distributions
