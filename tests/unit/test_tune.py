@@ -26,6 +26,7 @@ from tuner.report import (
     vllm_serve_command,
     write_tune_outputs,
 )
+from tuner.signals import dollars_per_mtok
 from tuner.tune import (
     FAILED_LOSS,
     Constraints,
@@ -40,7 +41,6 @@ from tuner.tune import (
     apply_constraints,
     candidates,
     compare,
-    dollars_per_mtok,
     make_optimizer,
     parse_tune_config,
     plan_steps,
@@ -78,8 +78,9 @@ def meas(tps: float, ttft: float = 0.5, itl: float = 0.05, err: float = 0.0) -> 
 def trial(cfg: Any, number: int, kind: str, point: dict[str, Any] | None, tps: float | None,
           ttft: float = 0.5, reference: float | None = 1000.0, reason: str = "") -> Trial:
     """A finished trial record as run_trial would produce it (data, not a stand-in)."""
-    if kind == "baseline" or point is None:
-        pt: dict[str, Any] = {"__subject__": "baseline"}
+    on_baseline = kind == "baseline" or point is None
+    if on_baseline:
+        pt: dict[str, Any] = {}
         flags = dict(cfg.baseline_flags)
     else:
         pt = dict(point)
@@ -89,7 +90,8 @@ def trial(cfg: Any, number: int, kind: str, point: dict[str, Any] | None, tps: f
     return Trial(number, kind, pt, flags, state, loss, value, reason=reason or (
         "exit" if m is None else ""), log_tail="boom" if m is None else "", measurement=m,
         started=1000.0 + number * 30, ended=1000.0 + number * 30 + 25,
-        timings={"start_s": 15.0, "load_s": 8.0, "total_s": 25.0}, violations=viol)
+        timings={"start_s": 15.0, "load_s": 8.0, "total_s": 25.0}, violations=viol,
+        measures_baseline=on_baseline)
 
 
 # ----------------------------------------------------------------------------- config
@@ -270,11 +272,17 @@ def test_scoring_feasible_slo_violated_and_failed() -> None:
 
 
 def test_cost_objective_orientation_and_dollars_per_mtok() -> None:
-    assert dollars_per_mtok(1000.0, 3.6) == pytest.approx(1.0)
-    assert dollars_per_mtok(0.0, 3.6) == math.inf
+    """One $/Mtok (``tuner.signals``): 1000 tok/s for an hour at $3.6/h is $1/Mtok. A run that
+    produced no tokens has no measured rate, so the conversion says NaN (unknown); scoring
+    needs a total order and ranks it last with +inf $/Mtok (the old tune copy returned inf
+    from the conversion itself)."""
+    assert dollars_per_mtok(3.6, 1000.0 * 3600, 3600.0) == pytest.approx(1.0)
+    assert math.isnan(dollars_per_mtok(3.6, 0.0, 3600.0))
     obj = Objective("cost", 3.6)
     state, value, loss, _ = score_trial(meas(2000.0), obj, TuneSLO(), reference=1.0)
     assert state == "ok" and value == pytest.approx(0.5) and loss == pytest.approx(-2.0)
+    state, value, loss, _ = score_trial(meas(0.0), obj, TuneSLO(), reference=1.0)
+    assert state == "ok" and value == math.inf and loss == 0.0  # worse than any priced run
 
 
 def test_compare_reports_noise_as_no_significant_gain() -> None:
