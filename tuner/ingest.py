@@ -8,6 +8,10 @@ Like Prometheus, ingesting one scrape of a target stores, besides the samples it
   one; a failed scrape returns no samples, so all of the target's series go stale at once;
 * a row in the store's scrape log (``Store.record_scrape``: what ``tuner status`` shows).
 
+A target that goes away for good (a canary stopped after its trial) is ``retire``d: all its
+series, ``up`` and ``scrape_*`` included, get a stale marker, as Prometheus does for a target
+that leaves service discovery, and ingest forgets it.
+
 A write that fails (a locked or full store) is not dropped: its batch stays in a bounded retry
 buffer (``retry_batches`` scrapes; beyond that the oldest are dropped and counted) and is
 written, in order, at the next flush.
@@ -35,6 +39,8 @@ from tuner.store import STALE_NAN, ScrapeRecord, Store
 RETRY_BUFFER_BATCHES = 120
 
 SeriesKey = tuple[str, Labels]
+#: The series ingest adds to every scrape of a target, with the target's labels.
+SCRAPE_SERIES = ("up", "scrape_duration_seconds", "scrape_samples_scraped")
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,7 @@ class Ingest:
         self.store = store
         self.retry_batches = retry_batches
         self._series: dict[str, set[SeriesKey]] = {}
+        self._last: dict[str, tuple[int, Labels]] = {}  # last scrape (ms) and target labels
         self._pending: deque[tuple[list[Sample], int]] = deque()
         self._lock = threading.Lock()
 
@@ -101,7 +108,9 @@ class Ingest:
                 name = outcome.target.name
                 batch = scrape_series(outcome, self._series.get(name, set()))
                 self._series[name] = {(s.name, s.labels) for s in outcome.samples}
-                self._pending.append((batch, int(outcome.ts * 1000)))
+                ts_ms = int(outcome.ts * 1000)
+                self._last[name] = (ts_ms, labels_of(outcome.target.target_labels))
+                self._pending.append((batch, ts_ms))
                 try:
                     self.store.record_scrape(
                         ScrapeRecord(
@@ -119,6 +128,18 @@ class Ingest:
             report = self._flush()
         return IngestReport(report.stored, report.dropped, report.pending,
                             (*failures, *report.failures))
+
+    def retire(self, target: str, ts: float) -> IngestReport:
+        """The target is gone: stale markers for all its series (``up`` and ``scrape_*``
+        too) just after its last scrape, then flush. A target never ingested is a no-op."""
+        with self._lock:
+            if target not in self._last:
+                return IngestReport(pending=len(self._pending))
+            last_ms, labels = self._last.pop(target)
+            gone = self._series.pop(target, set()) | {(n, labels) for n in SCRAPE_SERIES}
+            batch = [Sample(n, lab, STALE_NAN) for n, lab in sorted(gone)]
+            self._pending.append((batch, max(int(ts * 1000), last_ms + 1)))
+            return self._flush()
 
     def flush(self) -> IngestReport:
         """Write what the retry buffer holds, oldest first; stop at the first failure."""

@@ -409,6 +409,32 @@ def test_resume_retells_the_optimizer_and_repeats_nothing(tmp_path: Path) -> Non
     log.close()
 
 
+def test_trial_documents_written_before_measures_baseline_still_resume(tmp_path: Path) -> None:
+    """Earlier versions marked the baseline's runs with a ``{"__subject__": "baseline"}``
+    point; a search directory they wrote resumes with the same subjects."""
+    from tuner.tune.search import TRIAL_DOC
+
+    cfg = config()
+    log = TrialLog(tmp_path)
+    old = {"flags": dict(cfg.baseline_flags), "log_tail": "", "loss": -1.0, "notes": [],
+           "measurement": None, "objective": 1000.0, "point": {"__subject__": "baseline"},
+           "reason": "", "started": 0.0, "ended": 1.0, "state": "ok", "timings": {},
+           "violations": {}}
+    point = {"max-num-seqs": 8, "gpu-memory-utilization": 0.6, "max-num-batched-tokens": 512}
+    docs = [{**old, "number": 0, "kind": "baseline"},
+            {**old, "number": 1, "kind": "search", "point": point, "flags": {}},
+            {**old, "number": 2, "kind": "confirm"}]
+    for body in docs:
+        log.store.put_document(TRIAL_DOC, f"{body['number']:05d}", body, ts=body["ended"])
+    trials = log.trials()
+    log.close()
+    assert [t.subject for t in trials] == ["baseline", trials[1].subject, "baseline"]
+    assert trials[1].subject != "baseline" and trials[1].point == point
+    assert [t.point for t in trials] == [{}, point, {}]  # no marker key left in the point
+    assert [t.number for t in candidates(trials)["baseline"].runs] == [0, 2]
+    assert Trial.from_json(trials[2].to_json()) == trials[2]
+
+
 def test_baseline_inside_the_space_is_taught_to_the_optimizer() -> None:
     cfg = config(launch={"model": "m", "flags": {"max-num-seqs": 16,
                                                   "gpu-memory-utilization": 0.9,

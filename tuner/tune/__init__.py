@@ -32,6 +32,7 @@ from tuner.tune.parse_load import build_load_spec
 from tuner.tune.planner import (
     Candidate,
     Comparison,
+    Recommendation,
     Step,
     TuneOutcome,
     candidates,
@@ -92,6 +93,7 @@ __all__ = [
     "Objective",
     "ObjectiveKind",
     "OptimizerConfig",
+    "Recommendation",
     "Space",
     "Step",
     "Trial",

@@ -17,6 +17,7 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from tuner.canary import flag_args
@@ -217,6 +218,13 @@ def plan_steps(
 # ----------------------------------------------------------------------------- the outcome
 
 
+class Recommendation(StrEnum):
+    """Which flags a search recommends (``source`` in best.json)."""
+
+    WINNER = "winner"  # the winner beat the baseline beyond the noise
+    BASELINE = "baseline"  # no feasible winner, or its gain is inside the noise
+
+
 @dataclass(frozen=True)
 class Comparison:
     """Winner against baseline over all their runs (baseline first + interleaved confirms)."""
@@ -286,7 +294,7 @@ class TuneOutcome:
     complete: bool
     best_flags: Mapping[str, Any] = field(default_factory=dict)
     best_args: tuple[str, ...] = ()
-    recommend: str = "baseline"
+    recommend: Recommendation = Recommendation.BASELINE
 
     @property
     def slo_met(self) -> bool:
@@ -310,10 +318,9 @@ def summarize_search(
     ]
     infeasible.sort(key=lambda c: (c.mean_loss, c.subject))
     # Recommend the winner only when it beat the baseline beyond the noise.
-    recommend = "winner" if winner is not None and (
-        comparison is None or comparison.significant
-    ) else "baseline"
-    best = winner if recommend == "winner" else baseline
+    beat_noise = winner is not None and (comparison is None or comparison.significant)
+    recommend = Recommendation.WINNER if beat_noise else Recommendation.BASELINE
+    best = winner if recommend is Recommendation.WINNER else baseline
     best_flags = dict(best.flags) if best is not None else dict(cfg.baseline_flags)
     return TuneOutcome(
         cfg,

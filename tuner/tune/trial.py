@@ -92,7 +92,8 @@ def canary_for(ctx: TrialContext, number: int, flags: Mapping[str, Any], slot: i
 class CanaryScraper:
     """Scrapes a canary's /metrics into the store every ``interval`` seconds until finished.
 
-    Each scrape goes through ``ingest`` like a production target's. ``scrapes`` counts the
+    Each scrape goes through ``ingest`` like a production target's; when the trial's window
+    ends the canary is retired (stale markers for all its series). ``scrapes`` counts the
     scrapes that answered; ``error`` is the last scrape or store error.
     """
 
@@ -126,9 +127,13 @@ class CanaryScraper:
         self._thread.start()
 
     def finish(self) -> None:
+        """A last scrape, then the canary leaves: its series go stale (``Ingest.retire``)."""
         self._stop.set()
         self._thread.join()
         self.scrape_once()
+        report = self.ingest.retire(self.target.name, time.time())
+        if report.failures:
+            self.error = report.failures[-1].message
 
 
 def server_signals(store: Store, instance: str, start_ms: int, end_ms: int) -> dict[str, float]:
