@@ -24,8 +24,7 @@ from typing import Any
 import yaml
 
 from tuner.canary import DEFAULT_COMMAND, RESERVED_FLAGS, CanaryBackend, LaunchSpec
-from tuner.config import _Reader
-from tuner.errors import ConfigError
+from tuner.config import _Reader, read_yaml
 from tuner.tune.parse_load import build_load_spec
 from tuner.tune.parse_space import expand_env, parse_flags, parse_space
 from tuner.tune.space import Constraints, Space
@@ -159,15 +158,7 @@ _REPORT_KEYS = _keys("container_name")
 def load_tune_config(path: str | Path) -> TuneConfig:
     """Read and validate tune.yaml; raises ConfigError naming the file."""
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read tune config: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-    return parse_tune_config(data, str(p))
+    return parse_tune_config(read_yaml(p, "tune config"), str(p))
 
 
 def parse_tune_config(data: Any, source: str = "<tune config>") -> TuneConfig:
