@@ -435,6 +435,22 @@ def test_trial_documents_written_before_measures_baseline_still_resume(tmp_path:
     assert Trial.from_json(trials[2].to_json()) == trials[2]
 
 
+def test_an_unreadable_trial_document_is_a_clear_error(tmp_path: Path) -> None:
+    from tuner.tune.search import TRIAL_DOC
+
+    log = TrialLog(tmp_path)
+    good = trial(config(), 0, "baseline", None, 1000.0)
+    log.put(good)
+    log.store.put_document(TRIAL_DOC, "00001", {**good.to_json(), "number": 1, "kind": "warmup"})
+    with pytest.raises(TuneError, match=r"tune.db: trial document 00001 is not a trial this "
+                       r"tuner can read \(ValueError: 'warmup' is not a valid TrialKind\)"):
+        log.trials()
+    log.store.put_document(TRIAL_DOC, "00001", {"number": 1})
+    with pytest.raises(TuneError, match=r"trial document 00001 .*KeyError: 'kind'"):
+        log.trials()
+    log.close()
+
+
 def test_baseline_inside_the_space_is_taught_to_the_optimizer() -> None:
     cfg = config(launch={"model": "m", "flags": {"max-num-seqs": 16,
                                                   "gpu-memory-utilization": 0.9,

@@ -103,7 +103,17 @@ class TrialLog:
         self.store.close()
 
     def trials(self) -> list[Trial]:
-        return [Trial.from_json(b) for _, _, b in self.store.documents(TRIAL_DOC)]
+        """The persisted trials, oldest first; TuneError naming a document it cannot read."""
+        out = []
+        for key, _, body in self.store.documents(TRIAL_DOC):
+            try:
+                out.append(Trial.from_json(body))
+            except (KeyError, ValueError, TypeError, AttributeError) as exc:
+                raise TuneError(
+                    f"{self.path}: trial document {key} is not a trial this tuner can read "
+                    f"({type(exc).__name__}: {exc}); nothing was changed"
+                ) from None
+        return out
 
     def meta(self) -> dict[str, Any] | None:
         docs = self.store.documents(META_DOC)
