@@ -509,15 +509,19 @@ def with_prometheus_url(config: Config, url: str, where: str = "prometheus_url")
     return replace(config, prometheus_url=checked)
 
 
+def read_yaml(path: Path, what: str = "config file") -> Any:
+    """The parsed YAML of a file; ConfigError naming the file if it cannot be read or parsed."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
 def load_config(path: str | Path) -> Config:
     """Read and validate a YAML config file; raises ConfigError naming the file."""
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read config file: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
-    return parse_config(data, str(p))
+    return parse_config(read_yaml(p), str(p))

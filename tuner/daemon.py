@@ -3,10 +3,10 @@
 ``Daemon`` wires the pieces together with APScheduler (3.x): a scrape job every
 ``scrape_interval`` and a retention job every minute; other features (rule evaluation,
 scheduled suggest, tuning progress) add their jobs to ``Daemon.scheduler`` and their metrics
-to ``Daemon.registry``. Like Prometheus, each scrape also stores ``up``,
-``scrape_duration_seconds`` and ``scrape_samples_scraped`` for the target, writes stale markers
-for series that vanished (or for all of a target's series when its scrape fails), and a write
-that fails is kept in a bounded retry buffer instead of being dropped.
+to ``Daemon.registry``. What a scrape stores (its samples, ``up``, ``scrape_duration_seconds``,
+``scrape_samples_scraped``, stale markers, the retry buffer for failed writes) is
+``tuner.ingest``, the same step every canary trial uses; the daemon counts what it reports
+in its own ``tuner_*`` metrics.
 
 ``run_daemon`` runs until SIGTERM or SIGINT and returns an exit code. ``read_status`` is what
 ``tuner status`` shows, read from the store of a (possibly running) daemon.
@@ -19,10 +19,9 @@ import math
 import signal
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -34,17 +33,15 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from tuner.config import Config
 from tuner.errors import ConfigError, StoreError, TunerError
-from tuner.exposition import Labels, Sample, labels_of
+from tuner.ingest import Ingest, IngestReport
 from tuner.notify import Notifier
 from tuner.promql import Engine, Querier
 from tuner.rules import RuleEngine, load_configured_rules
 from tuner.scrape import ScrapeOutcome, make_client, scrape_all
 from tuner.signals import STATUS_SIGNALS, Signal, evaluate_signals
-from tuner.store import STALE_NAN, ScrapeRecord, Store
+from tuner.store import Store
 
 log = logging.getLogger("tuner.daemon")
-
-RETRY_BUFFER_BATCHES = 120
 
 
 class DaemonMetrics:
@@ -93,11 +90,6 @@ class DaemonMetrics:
         )
 
 
-@dataclass
-class _TargetState:
-    series: set[tuple[str, Labels]] = field(default_factory=set)
-
-
 class Daemon:
     """Scrape → store loop plus the sidecar's HTTP endpoints. Start with ``start()``."""
 
@@ -121,8 +113,7 @@ class Daemon:
         self.metrics = DaemonMetrics(self.registry)
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(8, len(config.targets))))
-        self._targets = {t.name: _TargetState() for t in config.targets}
-        self._pending: deque[tuple[list[Sample], int]] = deque()
+        self.ingest = Ingest(self.store)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._server_thread: threading.Thread | None = None
@@ -148,68 +139,32 @@ class Daemon:
         )
         with self._lock:
             for outcome in outcomes:
-                self._store_outcome(outcome)
-            self._flush_pending()
+                self._record(outcome)
+            self._count(self.ingest.ingest(outcomes))
             self.last_cycle = self.clock()
         return outcomes
 
-    def _store_outcome(self, outcome: ScrapeOutcome) -> None:
-        target = outcome.target
-        ts_ms = int(outcome.ts * 1000)
-        m = self.metrics
-        state = self._targets.setdefault(target.name, _TargetState())
-        labels = labels_of(target.target_labels)
+    def _record(self, outcome: ScrapeOutcome) -> None:
+        """The daemon's own metrics of one scrape (what was stored is ``Ingest``'s job)."""
+        target, m = outcome.target, self.metrics
         if outcome.error_kind:
             m.errors.labels(outcome.error_kind, target.name).inc()
             log.warning("scrape %s failed (%s): %s", target.name, outcome.error_kind, outcome.error)
         if outcome.duplicates:
             m.errors.labels("duplicate_series", target.name).inc(outcome.duplicates)
-        current = {(s.name, s.labels) for s in outcome.samples}
-        gone = state.series - current
-        batch = list(outcome.samples)
-        batch += [
-            Sample("up", labels, 1.0 if outcome.up else 0.0),
-            Sample("scrape_duration_seconds", labels, outcome.duration),
-            Sample("scrape_samples_scraped", labels, float(len(outcome.samples))),
-        ]
-        batch += [Sample(n, lab, STALE_NAN) for n, lab in gone]
-        state.series = current
-        self._pending.append((batch, ts_ms))
         m.target_up.labels(target.name).set(1 if outcome.up else 0)
         m.last_scrape.labels(target.name).set(outcome.ts)
         m.scrape_duration.labels(target.name).observe(outcome.duration)
-        try:
-            self.store.record_scrape(
-                ScrapeRecord(
-                    target.name,
-                    outcome.ts,
-                    outcome.up,
-                    outcome.duration,
-                    len(outcome.samples),
-                    outcome.error_kind,
-                    outcome.error,
-                )
-            )
-        except StoreError as exc:
-            m.errors.labels("store", target.name).inc()
-            log.error("%s", exc)
 
-    def _flush_pending(self) -> None:
+    def _count(self, report: IngestReport) -> None:
+        """The daemon's metrics of what ingest wrote, dropped and kept to retry."""
         m = self.metrics
-        while self._pending:
-            batch, ts_ms = self._pending[0]
-            try:
-                stored = self.store.append(batch, ts_ms)
-            except StoreError as exc:
-                m.errors.labels("store", "").inc()
-                log.error("%s (keeping %d scrapes to retry)", exc, len(self._pending))
-                while len(self._pending) > RETRY_BUFFER_BATCHES:
-                    dropped, _ = self._pending.popleft()
-                    m.dropped.inc(len(dropped))
-                break
-            self._pending.popleft()
-            m.samples_stored.inc(stored)
-        m.retry_buffer.set(len(self._pending))
+        for failure in report.failures:
+            m.errors.labels("store", failure.target).inc()
+            log.error("%s", failure.message)
+        m.samples_stored.inc(report.stored)
+        m.dropped.inc(report.dropped)
+        m.retry_buffer.set(report.pending)
 
     def housekeeping(self) -> None:
         """Retention, size bound and WAL checkpoint; refreshes the store-size gauge."""
@@ -330,7 +285,7 @@ class Daemon:
             self.scheduler.shutdown(wait=True)
         self.alerting.stop()
         with self._lock:
-            self._flush_pending()
+            self._count(self.ingest.flush())
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -50,3 +50,40 @@ class RuleError(TunerError):
 
 class TemplateError(RuleError):
     """A Go template in a rule's labels or annotations cannot be parsed or expanded."""
+
+
+# -- tuning: canaries, load runs, the search (tuner.canary, tuner.load, tuner.tune) ---------
+
+#: Why a canary did not come up (``CanaryFailed.reason``).
+CANARY_FAILURE_REASONS = ("exit", "oom", "health_timeout", "start_error")
+
+
+class CanaryFailed(TunerError):
+    """A canary did not come up: ``reason`` is one of CANARY_FAILURE_REASONS, ``log_tail`` its
+    log end."""
+
+    def __init__(self, reason: str, message: str, log_tail: str = "") -> None:
+        if reason not in CANARY_FAILURE_REASONS:
+            raise ValueError(f"unknown canary failure reason {reason!r}")
+        detail = f"canary failed ({reason}): {message}"
+        if log_tail:
+            detail += "\n--- log tail ---\n" + log_tail
+        super().__init__(detail)
+        self.reason = reason
+        self.log_tail = log_tail
+
+
+class LoadError(TunerError):
+    """The load run could not start at all (bad spec, bad URL); per-request errors are records."""
+
+
+class TuneError(TunerError):
+    """A search could not run or continue (bad out dir, baseline that never starts, full disk)."""
+
+
+class TuneInterrupted(TunerError):
+    """SIGTERM or Ctrl-C: canaries stopped, finished trials persisted."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum

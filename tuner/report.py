@@ -108,7 +108,7 @@ def render_tune_csv(outcome: Any) -> str:
                 *_TUNE_CSV_METRICS, "start_s", "load_s", "total_s", "flags", "notes"])
     for t in outcome.trials:
         m = t.measurement
-        point = t.search_point
+        point = t.point
         w.writerow([
             t.number, t.kind, t.state, t.reason,
             *(_num(point.get(k)) if k in point else _num(t.flags.get(
@@ -222,7 +222,7 @@ def _mean_metric(c: Any, name: str) -> float | None:
 
 def _knob_cell(trial: Any, knob: Any) -> str:
     """A knob's value in a trial: the searched value, else the launch flag, else vLLM's default."""
-    point = trial.search_point
+    point = trial.point
     if knob.name in point:
         return _num(point[knob.name])
     value = trial.flags.get(knob.flag)
@@ -440,7 +440,7 @@ def write_tune_plots(outcome: Any, out: Path) -> list[Path]:
         for state, color in colors.items():
             pts = []
             for t in trials:
-                v = t.search_point.get(knob.name, t.flags.get(knob.flag))
+                v = t.point.get(knob.name, t.flags.get(knob.flag))
                 if t.state == state and v is not None:
                     pts.append((str(v) if knob.kind == "categorical" else v,
                                 t.objective if t.objective is not None else 0.0))

@@ -293,3 +293,37 @@ def dollars_per_mtok(dollars_per_hour: float, output_tokens: float, seconds: flo
     if dollars_per_hour <= 0 or output_tokens <= 0 or seconds <= 0:
         return math.nan
     return dollars_per_hour * (seconds / 3600.0) / output_tokens * 1e6
+
+
+# -- canary trials (tuner.tune.trial) -----------------------------------------------------
+#
+# A trial is scored with the same signals as production, over its canary's load window:
+# rendered with ``$SEL`` = ``{instance="trial-N"}``, ``$BY`` = ``instance`` and ``$W`` = the
+# window. Only the mean KV usage is new; everything else is taken from the tables above.
+
+KV_CACHE_USAGE_MEAN = Signal(
+    "kv_cache_usage_mean",
+    "max by ($BY) (avg_over_time(vllm:kv_cache_usage_perc$SEL[$W]))"
+    " or max by ($BY) (avg_over_time(vllm:gpu_cache_usage_perc$SEL[$W]))",
+    "ratio",
+    "Mean KV-cache usage, 0..1, over each step's window (the highest engine of a server; V0 "
+    "name vllm:gpu_cache_usage_perc as fallback).",
+)
+
+
+def _named(name: str, *tables: Sequence[Signal]) -> Signal:
+    return next(s for table in tables for s in table if s.name == name)
+
+
+TRIAL_SIGNALS: tuple[Signal, ...] = (
+    _named("kv_cache_usage", WINDOW_SIGNALS),
+    KV_CACHE_USAGE_MEAN,
+    *(
+        _named(n, WINDOW_TOTALS)
+        for n in ("requests", "preemptions", "output_tokens", "spec_draft_tokens",
+                  "spec_accepted_tokens")
+    ),
+)
+"""What a canary trial's server-side measurement is computed from (one instant query each at
+the end of the load window): peak and mean KV usage, and the window totals of requests,
+preemptions, output tokens and speculative draft/accepted tokens."""

@@ -305,10 +305,6 @@ class Store:
             conn.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?)", rows)
         return len(rows)
 
-    def mark_stale(self, series: Iterable[tuple[str, Labels]], ts_ms: int) -> int:
-        """Write stale markers, as Prometheus does for series that vanished or a failed scrape."""
-        return self.append((Sample(n, lab, STALE_NAN) for n, lab in series), ts_ms)
-
     def record_scrape(self, record: ScrapeRecord) -> None:
         with self._write() as conn:
             conn.execute(

@@ -32,6 +32,7 @@ import yaml
 
 from tests.support.vllm import vllm_env
 from tuner.canary import LaunchSpec, LocalCanary
+from tuner.store import Matcher, Store, is_stale
 from tuner.tune import load_trials
 
 pytestmark = pytest.mark.e2e
@@ -168,6 +169,22 @@ def test_search_fails_some_trials_survives_sigterm_resumes_and_best_flags_start(
     for t in ok:  # server-side signals came from scraping the canary
         assert t.measurement is not None
         assert t.measurement.server_generation_tokens > 0
+    # the canaries were scraped through the same ingest step as production targets: up and
+    # scrape_* per trial, KV usage through the production signal, every series stale once
+    # its trial ended
+    with Store(out / "tune.db", read_only=True) as store:
+        for t in ok:
+            inst = [Matcher("instance", "=", f"trial-{t.number}")]
+            (up,) = store.select([Matcher("__name__", "=", "up"), *inst], 0, 2**62)
+            assert len(up.values) >= 3 and is_stale(up.values[-1])
+            assert list(up.values[:-1]) == [1.0] * (len(up.values) - 1)
+            (n,) = store.select([Matcher("__name__", "=", "scrape_samples_scraped"), *inst],
+                                0, 2**62)
+            assert n.values[0] > 50
+            gen = store.select([Matcher("__name__", "=", "vllm:generation_tokens_total"), *inst],
+                               0, 2**62)
+            assert gen and all(is_stale(s.values[-1]) for s in gen)
+            assert t.measurement is not None and 0 < t.measurement.kv_usage_max <= 1
 
     # -- outputs ---------------------------------------------------------------------------
     rows = list(csv.DictReader((out / "trials.csv").open()))

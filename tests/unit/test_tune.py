@@ -26,6 +26,7 @@ from tuner.report import (
     vllm_serve_command,
     write_tune_outputs,
 )
+from tuner.signals import dollars_per_mtok
 from tuner.tune import (
     FAILED_LOSS,
     Constraints,
@@ -40,7 +41,6 @@ from tuner.tune import (
     apply_constraints,
     candidates,
     compare,
-    dollars_per_mtok,
     make_optimizer,
     parse_tune_config,
     plan_steps,
@@ -78,8 +78,9 @@ def meas(tps: float, ttft: float = 0.5, itl: float = 0.05, err: float = 0.0) -> 
 def trial(cfg: Any, number: int, kind: str, point: dict[str, Any] | None, tps: float | None,
           ttft: float = 0.5, reference: float | None = 1000.0, reason: str = "") -> Trial:
     """A finished trial record as run_trial would produce it (data, not a stand-in)."""
-    if kind == "baseline" or point is None:
-        pt: dict[str, Any] = {"__subject__": "baseline"}
+    on_baseline = kind == "baseline" or point is None
+    if on_baseline:
+        pt: dict[str, Any] = {}
         flags = dict(cfg.baseline_flags)
     else:
         pt = dict(point)
@@ -89,7 +90,8 @@ def trial(cfg: Any, number: int, kind: str, point: dict[str, Any] | None, tps: f
     return Trial(number, kind, pt, flags, state, loss, value, reason=reason or (
         "exit" if m is None else ""), log_tail="boom" if m is None else "", measurement=m,
         started=1000.0 + number * 30, ended=1000.0 + number * 30 + 25,
-        timings={"start_s": 15.0, "load_s": 8.0, "total_s": 25.0}, violations=viol)
+        timings={"start_s": 15.0, "load_s": 8.0, "total_s": 25.0}, violations=viol,
+        measures_baseline=on_baseline)
 
 
 # ----------------------------------------------------------------------------- config
@@ -270,11 +272,17 @@ def test_scoring_feasible_slo_violated_and_failed() -> None:
 
 
 def test_cost_objective_orientation_and_dollars_per_mtok() -> None:
-    assert dollars_per_mtok(1000.0, 3.6) == pytest.approx(1.0)
-    assert dollars_per_mtok(0.0, 3.6) == math.inf
+    """One $/Mtok (``tuner.signals``): 1000 tok/s for an hour at $3.6/h is $1/Mtok. A run that
+    produced no tokens has no measured rate, so the conversion says NaN (unknown); scoring
+    needs a total order and ranks it last with +inf $/Mtok (the old tune copy returned inf
+    from the conversion itself)."""
+    assert dollars_per_mtok(3.6, 1000.0 * 3600, 3600.0) == pytest.approx(1.0)
+    assert math.isnan(dollars_per_mtok(3.6, 0.0, 3600.0))
     obj = Objective("cost", 3.6)
     state, value, loss, _ = score_trial(meas(2000.0), obj, TuneSLO(), reference=1.0)
     assert state == "ok" and value == pytest.approx(0.5) and loss == pytest.approx(-2.0)
+    state, value, loss, _ = score_trial(meas(0.0), obj, TuneSLO(), reference=1.0)
+    assert state == "ok" and value == math.inf and loss == 0.0  # worse than any priced run
 
 
 def test_compare_reports_noise_as_no_significant_gain() -> None:
@@ -398,6 +406,48 @@ def test_resume_retells_the_optimizer_and_repeats_nothing(tmp_path: Path) -> Non
     other = config(budget={"trials": 5}, slo={"ttft_p99_seconds": 1.0})
     with pytest.raises(TuneError, match="different launch/space/objective"):
         prepare_out(other, log, resume=True)
+    log.close()
+
+
+def test_trial_documents_written_before_measures_baseline_still_resume(tmp_path: Path) -> None:
+    """Earlier versions marked the baseline's runs with a ``{"__subject__": "baseline"}``
+    point; a search directory they wrote resumes with the same subjects."""
+    from tuner.tune.search import TRIAL_DOC
+
+    cfg = config()
+    log = TrialLog(tmp_path)
+    old = {"flags": dict(cfg.baseline_flags), "log_tail": "", "loss": -1.0, "notes": [],
+           "measurement": None, "objective": 1000.0, "point": {"__subject__": "baseline"},
+           "reason": "", "started": 0.0, "ended": 1.0, "state": "ok", "timings": {},
+           "violations": {}}
+    point = {"max-num-seqs": 8, "gpu-memory-utilization": 0.6, "max-num-batched-tokens": 512}
+    docs = [{**old, "number": 0, "kind": "baseline"},
+            {**old, "number": 1, "kind": "search", "point": point, "flags": {}},
+            {**old, "number": 2, "kind": "confirm"}]
+    for body in docs:
+        log.store.put_document(TRIAL_DOC, f"{body['number']:05d}", body, ts=body["ended"])
+    trials = log.trials()
+    log.close()
+    assert [t.subject for t in trials] == ["baseline", trials[1].subject, "baseline"]
+    assert trials[1].subject != "baseline" and trials[1].point == point
+    assert [t.point for t in trials] == [{}, point, {}]  # no marker key left in the point
+    assert [t.number for t in candidates(trials)["baseline"].runs] == [0, 2]
+    assert Trial.from_json(trials[2].to_json()) == trials[2]
+
+
+def test_an_unreadable_trial_document_is_a_clear_error(tmp_path: Path) -> None:
+    from tuner.tune.search import TRIAL_DOC
+
+    log = TrialLog(tmp_path)
+    good = trial(config(), 0, "baseline", None, 1000.0)
+    log.put(good)
+    log.store.put_document(TRIAL_DOC, "00001", {**good.to_json(), "number": 1, "kind": "warmup"})
+    with pytest.raises(TuneError, match=r"tune.db: trial document 00001 is not a trial this "
+                       r"tuner can read \(ValueError: 'warmup' is not a valid TrialKind\)"):
+        log.trials()
+    log.store.put_document(TRIAL_DOC, "00001", {"number": 1})
+    with pytest.raises(TuneError, match=r"trial document 00001 .*KeyError: 'kind'"):
+        log.trials()
     log.close()
 
 

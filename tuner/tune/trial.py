@@ -1,0 +1,318 @@
+"""One trial: start a canary, drive the load, scrape it, read its server-side signals, stop it.
+
+``run_trial`` starts a canary (``tuner.canary``, held as the ``Canary`` Protocol), drives the
+load (``tuner.load``), and meanwhile ``CanaryScraper`` scrapes the canary's ``/metrics``
+into the search's store through the same ingest step as the daemon (``tuner.ingest``:
+samples, ``up``, ``scrape_duration_seconds``, ``scrape_samples_scraped``, stale markers, the
+retry buffer), as target ``instance="trial-N"``. ``server_signals`` then reads the canary's
+server-side signals over the load window with the production signal definitions
+(``tuner.signals.TRIAL_SIGNALS``), the canary is stopped (always), and the trial is scored
+(``tuner.tune.records.score_trial``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuner.canary import Canary, CanaryBackend, KubernetesCanary, LocalCanary
+from tuner.config import Target
+from tuner.errors import CanaryFailed, TunerError
+from tuner.ingest import Ingest
+from tuner.load import LoadResult, LoadSpec, LoadSummary, run_load_sync, summarize
+from tuner.promql import Engine
+from tuner.scrape import scrape_target
+from tuner.signals import TRIAL_SIGNALS, per_thousand_requests, render_signal
+from tuner.store import Store
+from tuner.tune.config import TuneConfig, TuneSLO
+from tuner.tune.planner import Step
+from tuner.tune.records import (
+    FAILED_LOSS,
+    Measurement,
+    Trial,
+    TrialState,
+    objective_value,
+    score_trial,
+)
+
+if TYPE_CHECKING:
+    import httpx
+
+SCRAPE_TIMEOUT = 5.0
+SCRAPE_MAX_BYTES = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What ``run_trial`` needs besides the step: config, store, logs dir, an HTTP client.
+
+    ``ingest`` (made from ``store``) is shared by every trial of the search, so its retry
+    buffer outlives one trial.
+    """
+
+    cfg: TuneConfig
+    store: Store
+    logs: Path
+    client: httpx.Client
+    load_spec: LoadSpec
+    stop: threading.Event
+    ingest: Ingest = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ingest", Ingest(self.store))
+
+
+def canary_for(ctx: TrialContext, number: int, flags: Mapping[str, Any], slot: int) -> Canary:
+    """The canary of trial ``number`` with ``flags``, on the configured backend."""
+    cfg = ctx.cfg
+    env = dict(cfg.launch.env)
+    if cfg.canary.omp_binds:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = cfg.canary.omp_binds[slot % len(cfg.canary.omp_binds)]
+    spec = replace(cfg.launch, flags=dict(flags), env=env)
+    log_path = ctx.logs / f"trial-{number:04d}.log"
+    if cfg.canary.backend is CanaryBackend.KUBERNETES:
+        assert cfg.canary.pod_template is not None
+        return KubernetesCanary(
+            spec,
+            cfg.canary.pod_template,
+            f"tuner-canary-{number:04d}-{os.getpid()}",
+            log_path,
+            namespace=cfg.canary.namespace,
+            health_timeout=cfg.canary.health_timeout,
+        )
+    return LocalCanary(spec, log_path, health_timeout=cfg.canary.health_timeout)
+
+
+class CanaryScraper:
+    """Scrapes a canary's /metrics into the store every ``interval`` seconds until finished.
+
+    Each scrape goes through ``ingest`` like a production target's; when the trial's window
+    ends the canary is retired (stale markers for all its series). ``scrapes`` counts the
+    scrapes that answered; ``error`` is the last scrape or store error.
+    """
+
+    def __init__(self, client: httpx.Client, ingest: Ingest, url: str, instance: str,
+                 interval: float) -> None:
+        self.client = client
+        self.ingest = ingest
+        self.target = Target(name=instance, url=url, kind="vllm")
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"scrape-{instance}", daemon=True)
+        self.scrapes = 0
+        self.error = ""
+
+    def scrape_once(self) -> None:
+        outcome = scrape_target(self.client, self.target, SCRAPE_TIMEOUT, SCRAPE_MAX_BYTES)
+        report = self.ingest.ingest([outcome])
+        if outcome.up:
+            self.scrapes += 1
+        else:
+            self.error = outcome.error
+        if report.failures:
+            self.error = report.failures[-1].message
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.scrape_once()
+
+    def start(self) -> None:
+        self.scrape_once()
+        self._thread.start()
+
+    def finish(self) -> None:
+        """A last scrape, then the canary leaves: its series go stale (``Ingest.retire``)."""
+        self._stop.set()
+        self._thread.join()
+        self.scrape_once()
+        report = self.ingest.retire(self.target.name, time.time())
+        if report.failures:
+            self.error = report.failures[-1].message
+
+
+def server_signals(store: Store, instance: str, start_ms: int, end_ms: int) -> dict[str, float]:
+    """Server-side signals of one canary over its load window, from its scraped samples.
+
+    The production signal definitions (``tuner.signals.TRIAL_SIGNALS``: KV usage with its V0
+    fallback, window totals), rendered for ``instance="trial-N"`` over the window and evaluated
+    by the in-process engine (``tuner.promql.Engine``) over the search's store.
+    """
+    engine = Engine(store)
+    window = f"{max(1, math.ceil((end_ms - start_ms) / 1000))}s"
+    selector = f'{{instance="{instance}"}}'
+
+    def query(expr: str) -> float:
+        vector = engine.instant(expr, end_ms / 1000.0).vector
+        return float(vector[0].value) if vector else math.nan
+
+    v = {
+        sig.name: query(render_signal(sig, selector, by="instance", window=window))
+        for sig in TRIAL_SIGNALS
+    }
+    drafts = v["spec_draft_tokens"]
+    return {
+        "preemptions": v["preemptions"],
+        "preemptions_per_1k_requests": per_thousand_requests(v["preemptions"], v["requests"])
+        if not math.isnan(v["requests"])
+        else math.nan,
+        "kv_usage_max": v["kv_cache_usage"],
+        "kv_usage_mean": v["kv_cache_usage_mean"],
+        "spec_decode_acceptance": (
+            v["spec_accepted_tokens"] / drafts if drafts and drafts > 0 else math.nan
+        ),
+        "server_generation_tokens": v["output_tokens"],
+    }
+
+
+def goodput(result: LoadResult, slo: TuneSLO, duration: float) -> float:
+    """Output tok/s of the requests that met the per-request TTFT and ITL thresholds."""
+    if duration <= 0:
+        return 0.0
+    good = 0
+    for rec in result.records:
+        if not rec.ok:
+            continue
+        if slo.ttft_p99_seconds is not None and rec.ttft > slo.ttft_p99_seconds:
+            continue
+        if slo.itl_p99_seconds is not None and rec.itls and max(rec.itls) > slo.itl_p99_seconds:
+            continue
+        good += rec.output_tokens
+    return good / duration
+
+
+def measurement_from(
+    summary: LoadSummary, signals: Mapping[str, float], good: float
+) -> Measurement:
+    extra: dict[str, Any] = {k: float(v) for k, v in signals.items()}
+    client = {f.name: getattr(summary, f.name) for f in fields(LoadSummary)}
+    return Measurement(**client, goodput_tok_per_s=good, **extra)
+
+
+@dataclass
+class _Run:
+    """What measuring one canary gave: a failure reason (or ""), its log, the measurement."""
+
+    notes: list[str]
+    reason: str = ""
+    log_tail: str = ""
+    measurement: Measurement | None = None
+
+
+def run_trial(
+    ctx: TrialContext, number: int, step: Step, reference: float | None, slot: int = 0
+) -> Trial | None:
+    """Run one step on a fresh canary and return the finished trial.
+
+    Returns None when the search was interrupted while the trial ran (it is not recorded,
+    so a resumed search runs it again). The canary is always stopped.
+    """
+    cfg = ctx.cfg
+    started = time.time()
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    if step.flags is None:
+        return Trial(number, step.kind, dict(step.point), {}, TrialState.REJECTED, FAILED_LOSS,
+                     reason="constraint", notes=step.notes, started=started, ended=time.time(),
+                     timings={"total_s": time.perf_counter() - t0})
+    canary = canary_for(ctx, number, step.flags, slot)
+    try:
+        run = _measure(ctx, canary, number, step, timings, t0)
+    finally:
+        t_stop = time.perf_counter()
+        canary.stop()
+        timings["stop_s"] = time.perf_counter() - t_stop
+    if run is None or ctx.stop.is_set():
+        return None
+    violations: dict[str, float] = {}
+    value: float | None
+    if run.reason:
+        state, value, loss = TrialState.FAILED, None, FAILED_LOSS
+        if run.measurement is not None:  # ran, but too many errors: failed, keep the numbers
+            value = objective_value(run.measurement, cfg.objective)
+    else:
+        state, value, loss, violations = score_trial(
+            run.measurement, cfg.objective, cfg.slo, reference
+        )
+    ended = time.time()
+    timings["total_s"] = time.perf_counter() - t0
+    return Trial(number, step.kind, dict(step.point), dict(step.flags), state, loss, value,
+                 run.reason, run.log_tail, tuple(run.notes), run.measurement, started, ended,
+                 timings, violations, measures_baseline=step.measures_baseline)
+
+
+def _measure(ctx: TrialContext, canary: Canary, number: int, step: Step,
+             timings: dict[str, float], t0: float) -> _Run | None:
+    """Start the canary, load and scrape it, read its signals (None: interrupted)."""
+    cfg = ctx.cfg
+    run = _Run(list(step.notes))
+    try:
+        handle = canary.start()
+    except CanaryFailed as exc:
+        timings["start_s"] = time.perf_counter() - t0
+        run.reason, run.log_tail = exc.reason, exc.log_tail
+        return run
+    timings["start_s"] = time.perf_counter() - t0
+    if ctx.stop.is_set():
+        return None
+    instance = f"trial-{number}"
+    scraper = CanaryScraper(ctx.client, ctx.ingest, handle.metrics_url, instance,
+                            cfg.canary.scrape_interval)
+    t_scr = time.perf_counter()
+    window_start = int(time.time() * 1000)
+    scraper.start()
+    scrape_s = time.perf_counter() - t_scr
+    t_load = time.perf_counter()
+    result: LoadResult | None
+    try:
+        result = run_load_sync(handle.url, cfg.launch.served_model_name or cfg.launch.model,
+                               ctx.load_spec)
+        load_error = ""
+    except TunerError as exc:
+        result, load_error = None, str(exc)
+    timings["load_s"] = time.perf_counter() - t_load
+    t_scr = time.perf_counter()
+    scraper.finish()
+    window_end = int(time.time() * 1000)
+    timings["scrape_s"] = scrape_s + time.perf_counter() - t_scr
+    if ctx.stop.is_set():
+        return None
+    t_sig = time.perf_counter()
+    if result is None:
+        run.reason, run.log_tail = "load_error", load_error + "\n" + canary.log_tail()
+    else:
+        _evaluate(ctx, canary, run, result, instance, window_start, window_end)
+    if scraper.error and scraper.scrapes < 2:
+        run.notes.append(f"server signals incomplete: {scraper.error}")
+    timings["signals_s"] = time.perf_counter() - t_sig
+    return run
+
+
+def _evaluate(ctx: TrialContext, canary: Canary, run: _Run, result: LoadResult, instance: str,
+              window_start: int, window_end: int) -> None:
+    """The measurement of a load run; a run with too many errors fails (``load_errors``)."""
+    cfg = ctx.cfg
+    summary = summarize(result)
+    try:
+        signals = server_signals(ctx.store, instance, window_start, window_end)
+    except TunerError as exc:
+        signals = {}
+        run.notes.append(f"server signals unavailable: {exc}")
+    m = measurement_from(summary, signals, goodput(result, cfg.slo, float(summary.duration or 0)))
+    run.measurement = m
+    if m.requests == 0 or m.error_rate > cfg.max_error_rate:
+        alive = canary.alive()
+        run.reason = "load_errors"
+        run.log_tail = (
+            f"{m.errors}/{m.requests} requests failed "
+            f"(error rate {m.error_rate:.0%} > {cfg.max_error_rate:.0%} allowed)"
+            + ("" if alive else "; the server exited during the load")
+            + "\n"
+            + canary.log_tail()
+        )
+        run.measurement = m if alive else None
