@@ -50,8 +50,8 @@ def _add_status(sub: Any) -> None:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     from tuner.config import load_config
-    from tuner.daemon import read_status
     from tuner.report import render_status
+    from tuner.status import read_status
 
     status = read_status(load_config(args.config))
     if args.format == "json":

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from tests.support.dcgm import DcgmExporter, ScriptedTarget
 from tuner.config import parse_config
-from tuner.daemon import Daemon, read_status
+from tuner.daemon import Daemon
 from tuner.report import render_status
+from tuner.status import read_status
 
 
 def vllm_body(step: int) -> str:
