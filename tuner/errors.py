@@ -37,3 +37,10 @@ class QueryError(TunerError):
 
 class ProvisionError(TunerError):
     """Provisioning files could not be written (unwritable or foreign files in the way)."""
+
+
+# -- suggest (tuner/suggest/) ---------------------------------------------------------------
+
+
+class SuggestError(TunerError):
+    """suggest cannot run: bad --since/--until/--selector or launch value, or no data."""
