@@ -31,7 +31,7 @@ from tuner.suggest.records import (
     Recommendation,
     Severity,
 )
-from tuner.suggest.resolve import RESOLUTIONS, Resolution, resolve
+from tuner.suggest.resolver import RESOLUTIONS, Resolution, resolve
 from tuner.suggest.run import (
     REPORT_VERSION,
     check_arguments,

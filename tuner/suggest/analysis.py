@@ -3,7 +3,7 @@
 The pipeline is three tables run in order over one ``WindowView``: the finding rules
 (``tuner.suggest.findings.FINDINGS``), the recommendation rules
 (``tuner.suggest.recommendations.RECOMMENDATIONS``) and the conflict rules
-(``tuner.suggest.resolve.RESOLUTIONS``); when no recommendation is left, "no change" says what
+(``tuner.suggest.resolver.RESOLUTIONS``); when no recommendation is left, "no change" says what
 was healthy.
 """
 
@@ -16,7 +16,7 @@ from tuner.config import SLO
 from tuner.suggest.findings import find
 from tuner.suggest.recommendations import no_change, propose
 from tuner.suggest.records import Analysis
-from tuner.suggest.resolve import resolve
+from tuner.suggest.resolver import resolve
 from tuner.suggest.view import WindowView, view_of
 from tuner.suggest.window import Segment, TargetData
 

@@ -4,7 +4,7 @@ Each function looks at a ``WindowView`` and the findings made of it and returns 
 ``Recommendation`` (a flag change with its evidence), a ``Skip`` (the change could not be
 judged for lack of data, and why), or None. ``RECOMMENDATIONS`` is the ordered table of
 ``(Rule, function)`` ``analyze`` runs; the rules propose independently, and
-``tuner.suggest.resolve`` settles the proposals that contradict each other. ``no_change`` is
+``tuner.suggest.resolver`` settles the proposals that contradict each other. ``no_change`` is
 the recommendation when nothing is left.
 """
 

@@ -151,10 +151,6 @@ class TargetData:
         arr = self.series.get(name)
         return arr if arr is not None else np.full(len(self.grid), np.nan)
 
-    def has(self, name: str) -> bool:
-        arr = self.series.get(name)
-        return arr is not None and bool(np.isfinite(arr).any())
-
 
 def _align(grid: np.ndarray, step: float, ts: np.ndarray, vals: np.ndarray) -> np.ndarray:
     out = np.full(len(grid), np.nan)
@@ -166,38 +162,73 @@ def _align(grid: np.ndarray, step: float, ts: np.ndarray, vals: np.ndarray) -> n
 
 def collect(source: Source, window: Window, selector: str = "") -> list[TargetData]:
     """Read the window for every selected vLLM server; raises SuggestError if there is none."""
-    grid = window.grid()
-    w = format_duration(window.rate_window)
     cache = getattr(source, "cache_window", None)
     if cache is not None:  # the local store: read each metric of the window once
         cache(window.start - window.rate_window - 600.0, window.end)
-    by_instance: dict[str, dict[str, np.ndarray]] = {}
-    display: dict[str, dict[str, str]] = {}
-    gpu: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+    read = _read_series(source, window, selector)
+    instances = sorted(i for i in read.by_instance if i in read.display)
+    if not instances:
+        raise _no_data(source, window, selector)
+    totals, resets = _read_totals(source, window, selector)
+    configs = _read_configs(source, window, selector)
+    grid = window.grid()
+    targets = []
+    for inst in instances:
+        series = dict(read.by_instance[inst])
+        gpu_series, notes = _gpu_series(read, inst, len(instances))
+        series.update(gpu_series)
+        segments, restarts = _segments(grid, window, configs.get(inst, []),
+                                       series.get("process_start_time"),
+                                       resets.get(inst, 0.0))
+        wl = fingerprint(source, window.start, window.end, _with_instance(selector, inst))
+        targets.append(TargetData(
+            labels=read.display[inst], grid=grid, series=series,
+            totals=totals.get(inst, {}), segments=segments, restarts=restarts, workload=wl,
+            notes=notes))
+    return targets
+
+
+@dataclass(frozen=True)
+class _Read:
+    """The window's range signals: per vLLM instance, display labels, DCGM per (ns, pod)."""
+
+    by_instance: dict[str, dict[str, np.ndarray]]
+    display: dict[str, dict[str, str]]
+    gpu: dict[tuple[str, str], dict[str, np.ndarray]]
+
+
+def _read_series(source: Source, window: Window, selector: str) -> _Read:
+    grid = window.grid()
+    w = format_duration(window.rate_window)
+    read = _Read({}, {}, {})
     for sig in WINDOW_SIGNALS:
         expr = render_signal(sig, selector, VLLM_GROUP_BY, w)
         for s in source.range(expr, window.start, window.end, window.step):
             values = _align(grid, window.step, s.timestamps, s.values)
             if "DCGM_" in sig.expr:
                 key = (s.labels.get("namespace", ""), s.labels.get("pod", ""))
-                gpu.setdefault(key, {})[sig.name] = values
+                read.gpu.setdefault(key, {})[sig.name] = values
                 continue
             inst = s.labels.get("instance", "")
-            by_instance.setdefault(inst, {})[sig.name] = values
+            read.by_instance.setdefault(inst, {})[sig.name] = values
             if sig.name != "process_start_time":
-                d = display.setdefault(inst, {})
+                d = read.display.setdefault(inst, {})
                 d.update({k: s.labels[k] for k in DISPLAY_LABELS if k in s.labels})
-    vllm_instances = sorted(i for i in by_instance if i in display)
-    if not vllm_instances:
-        rng = source.time_range()
-        held = (f"it holds data from {iso(rng[0])} to {iso(rng[1])}" if rng
-                else "it holds no data")
-        sel = f" matching {selector}" if selector else ""
-        raise SuggestError(
-            f"no vLLM metrics{sel} between {iso(window.start)} and {iso(window.end)} in "
-            f"{source.description} ({held})"
-        )
+    return read
 
+
+def _no_data(source: Source, window: Window, selector: str) -> SuggestError:
+    rng = source.time_range()
+    held = f"it holds data from {iso(rng[0])} to {iso(rng[1])}" if rng else "it holds no data"
+    sel = f" matching {selector}" if selector else ""
+    return SuggestError(
+        f"no vLLM metrics{sel} between {iso(window.start)} and {iso(window.end)} in "
+        f"{source.description} ({held})")
+
+
+def _read_totals(source: Source, window: Window, selector: str
+                 ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Whole-window totals per instance, and counter resets per instance."""
     full_w = format_duration(window.seconds)
     totals: dict[str, dict[str, float]] = {}
     for sig in WINDOW_TOTALS:
@@ -210,35 +241,35 @@ def collect(source: Source, window: Window, selector: str = "") -> list[TargetDa
         window.end)
     for el in getattr(res, "vector", ()):
         resets[el.labels.get("instance", "")] = float(el.value)
+    return totals, resets
 
+
+def _read_configs(source: Source, window: Window, selector: str
+                  ) -> dict[str, list[tuple[dict[str, str], np.ndarray]]]:
+    """Per instance: each ``vllm:cache_config_info`` label set and the steps it was present."""
+    grid = window.grid()
     configs: dict[str, list[tuple[dict[str, str], np.ndarray]]] = {}
     for s in source.range(f"vllm:cache_config_info{selector}", window.start, window.end,
                           window.step):
         cfg = {k: v for k, v in s.labels.items() if k not in _CONFIG_IGNORED}
         present = np.isfinite(_align(grid, window.step, s.timestamps, s.values))
         configs.setdefault(s.labels.get("instance", ""), []).append((cfg, present))
+    return configs
 
-    targets = []
-    for inst in vllm_instances:
-        series = dict(by_instance[inst])
-        notes: list[str] = []
-        pod_key = (display[inst].get("namespace", ""), display[inst].get("pod", ""))
-        gpu_series = gpu.get(pod_key)
-        if gpu_series is None and len(vllm_instances) == 1 and len(gpu) == 1:
-            gpu_series = next(iter(gpu.values()))
-        elif gpu_series is None and gpu:
-            notes.append("DCGM GPU series could not be attributed to this server "
-                         "(no matching pod label); GPU rules skipped")
-        series.update(gpu_series or {})
-        segments, restarts = _segments(grid, window, configs.get(inst, []),
-                                       series.get("process_start_time"),
-                                       resets.get(inst, 0.0))
-        inst_sel = _with_instance(selector, inst)
-        wl = fingerprint(source, window.start, window.end, inst_sel)
-        targets.append(TargetData(
-            labels=display[inst], grid=grid, series=series, totals=totals.get(inst, {}),
-            segments=segments, restarts=restarts, workload=wl, notes=tuple(notes)))
-    return targets
+
+def _gpu_series(read: _Read, inst: str, n_instances: int
+                ) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
+    """The DCGM series of a server: by its pod, or the only GPUs of the only server."""
+    d = read.display[inst]
+    found = read.gpu.get((d.get("namespace", ""), d.get("pod", "")))
+    if found is not None:
+        return found, ()
+    if n_instances == 1 and len(read.gpu) == 1:
+        return next(iter(read.gpu.values())), ()
+    if read.gpu:
+        return {}, ("DCGM GPU series could not be attributed to this server "
+                    "(no matching pod label); GPU rules skipped",)
+    return {}, ()
 
 
 def _with_instance(selector: str, instance: str) -> str:
@@ -247,12 +278,10 @@ def _with_instance(selector: str, instance: str) -> str:
     return "{" + (f"{inner}, {extra}" if inner else extra) + "}"
 
 
-def _segments(grid: np.ndarray, window: Window,
-              configs: Sequence[tuple[dict[str, str], np.ndarray]],
-              start_times: np.ndarray | None, resets: float
-              ) -> tuple[tuple[Segment, ...], tuple[float, ...]]:
-    """Split the window at configuration changes; restarts with the same flags are listed."""
-    # each configuration begins where its series first appears
+def _config_starts(configs: Sequence[tuple[dict[str, str], np.ndarray]]
+                   ) -> list[tuple[int, dict[str, str]]]:
+    """Each configuration with the grid index where its series first appears, in time
+    order, repeats of the previous configuration merged."""
     firsts = []
     for cfg, present in configs:
         idx = np.flatnonzero(present)
@@ -264,31 +293,46 @@ def _segments(grid: np.ndarray, window: Window,
         if merged and merged[-1][1] == cfg:
             continue
         merged.append((i, cfg))
-    # restarts from process_start_time_seconds changes
-    restart_times: list[float] = []
-    if start_times is not None:
-        vals = start_times
-        prev = math.nan
-        for t, v in zip(grid.tolist(), vals.tolist(), strict=True):
-            if not math.isfinite(v):
-                continue
-            if math.isfinite(prev) and abs(v - prev) > 0.5:
-                restart_times.append(v if window.start <= v <= t else t)
-            prev = v
+    return merged
+
+
+def _restart_times(grid: np.ndarray, window: Window, start_times: np.ndarray | None
+                   ) -> list[float]:
+    """Restarts seen as changes of ``process_start_time_seconds`` (the new start time if it
+    lies in the window, else the step where the change showed)."""
+    out: list[float] = []
+    if start_times is None:
+        return out
+    prev = math.nan
+    for t, v in zip(grid.tolist(), start_times.tolist(), strict=True):
+        if not math.isfinite(v):
+            continue
+        if math.isfinite(prev) and abs(v - prev) > 0.5:
+            out.append(v if window.start <= v <= t else t)
+        prev = v
+    return out
+
+
+def _change_reason(start: float, prev_cfg: Mapping[str, str], cfg: Mapping[str, str]) -> str:
+    changed = sorted(key for key in set(cfg) | set(prev_cfg) if cfg.get(key) != prev_cfg.get(key))
+    diff = ", ".join(f"{key} {prev_cfg.get(key, '-')} -> {cfg.get(key, '-')}" for key in changed)
+    return f"server restarted at {clock(start)} with different flags ({diff})"
+
+
+def _segments(grid: np.ndarray, window: Window,
+              configs: Sequence[tuple[dict[str, str], np.ndarray]],
+              start_times: np.ndarray | None, resets: float
+              ) -> tuple[tuple[Segment, ...], tuple[float, ...]]:
+    """Split the window at configuration changes; restarts with the same flags are listed."""
+    merged = _config_starts(configs)
+    restart_times = _restart_times(grid, window, start_times)
     segs: list[Segment] = []
     if not merged:
         segs.append(Segment(window.start, window.end, {}, ""))
     for k, (i, cfg) in enumerate(merged):
         start = window.start if k == 0 else float(grid[i])
         end = float(grid[merged[k + 1][0]]) if k + 1 < len(merged) else window.end
-        reason = ""
-        if k > 0:
-            prev_cfg = merged[k - 1][1]
-            changed = sorted(key for key in set(cfg) | set(prev_cfg)
-                             if cfg.get(key) != prev_cfg.get(key))
-            diff = ", ".join(f"{key} {prev_cfg.get(key, '-')} -> {cfg.get(key, '-')}"
-                             for key in changed)
-            reason = f"server restarted at {clock(start)} with different flags ({diff})"
+        reason = _change_reason(start, merged[k - 1][1], cfg) if k > 0 else ""
         segs.append(Segment(start, end, cfg, reason))
     # restarts that did not change the configuration
     boundaries = [s.start for s in segs[1:]]
