@@ -93,6 +93,9 @@ def test_significant_needs_three_steps_and_ten_minutes_or_five_percent() -> None
     assert v.covered_seconds == 3600.0
     assert not v.significant(steps(1, (0, 2)).astype(bool))
     assert v.significant(steps(1, (0, 3)).astype(bool))
+    coarse = view(n=12, step=300.0)  # an hour at 5 minutes: three steps are 15 minutes
+    assert not coarse.significant(steps(1, (0, 2), n=12).astype(bool))
+    assert coarse.significant(steps(1, (0, 3), n=12).astype(bool))
     day = view(n=1440)  # a day at 1 minute: 10 minutes (the shorter of 10m and 5%)
     assert not day.significant(steps(1, (0, 9), n=1440).astype(bool))
     assert day.significant(steps(1, (0, 10), n=1440).astype(bool))
