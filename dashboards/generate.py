@@ -3,7 +3,7 @@
     python dashboards/generate.py          # write them
     python dashboards/generate.py --check  # exit 1 and name the files that differ
 
-The dashboards are defined in tuner/dashboards.py; the PrometheusRule, rules ConfigMap and
+The dashboards are defined in the tuner/dashboards/ package; the PrometheusRule, rules ConfigMap and
 dashboard ConfigMaps in tuner/provision.py. Do not edit the generated files by hand.
 """
 
