@@ -11,6 +11,7 @@ non-empty exactly when the feature is on).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from tuner.signals import le_regex
@@ -47,13 +48,21 @@ class Query:
     instant: bool = False
 
 
+class PanelKind(StrEnum):
+    """Grafana panel types the dashboards use (the panel JSON's ``type``)."""
+
+    TIMESERIES = "timeseries"
+    STAT = "stat"
+    TABLE = "table"
+
+
 @dataclass(frozen=True)
 class Panel:
     title: str
     queries: tuple[Query, ...]
     unit: str = "short"
     description: str = ""
-    kind: str = "timeseries"  # timeseries | stat | table | bargauge
+    kind: PanelKind = PanelKind.TIMESERIES
     width: int = 12
     height: int = 8
     requires: Requirement | None = None

@@ -11,7 +11,14 @@ from typing import Any
 
 from tuner.config import SLO
 from tuner.dashboards.gpu_dcgm import gpu
-from tuner.dashboards.model import DATASOURCE, HEADER, SCHEMA_VERSION, Dashboard, Panel
+from tuner.dashboards.model import (
+    DATASOURCE,
+    HEADER,
+    SCHEMA_VERSION,
+    Dashboard,
+    Panel,
+    PanelKind,
+)
 from tuner.dashboards.tuner_sidecar import tuner_self
 from tuner.dashboards.vllm_kv_cache import kv_scheduling
 from tuner.dashboards.vllm_overview import overview
@@ -33,10 +40,10 @@ def _panel_json(p: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
             "datasource": DATASOURCE,
             "expr": q.expr,
             "legendFormat": q.legend or "__auto",
-            "range": not (q.instant or p.kind in ("table", "stat")),
-            "instant": q.instant or p.kind in ("table", "stat"),
+            "range": not (q.instant or p.kind in (PanelKind.TABLE, PanelKind.STAT)),
+            "instant": q.instant or p.kind in (PanelKind.TABLE, PanelKind.STAT),
         }
-        if p.kind == "table":
+        if p.kind is PanelKind.TABLE:
             t["format"] = "table"
         targets.append(t)
     defaults: dict[str, Any] = {"unit": p.unit}
@@ -49,7 +56,7 @@ def _panel_json(p: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
         description = (f"{description} Needs {p.requires.feature}; empty otherwise.").strip()
     panel: dict[str, Any] = {
         "id": pid,
-        "type": p.kind,
+        "type": p.kind.value,
         "title": p.title,
         "description": description,
         "datasource": DATASOURCE,
@@ -57,7 +64,7 @@ def _panel_json(p: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
         "targets": targets,
         "fieldConfig": {"defaults": defaults, "overrides": []},
     }
-    if p.kind == "timeseries":
+    if p.kind is PanelKind.TIMESERIES:
         panel["options"] = {
             "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
             "tooltip": {"mode": "multi", "sort": "desc"},
@@ -69,14 +76,14 @@ def _panel_json(p: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
             "showPoints": "never",
             "spanNulls": False,
         }
-    elif p.kind == "stat":
+    elif p.kind is PanelKind.STAT:
         panel["options"] = {
             "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
             "colorMode": "value",
             "graphMode": "none",
             "textMode": "auto",
         }
-    elif p.kind == "table":
+    elif p.kind is PanelKind.TABLE:
         panel["options"] = {"showHeader": True}
     return panel
 

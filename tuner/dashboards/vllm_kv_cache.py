@@ -3,7 +3,17 @@ step times and request lengths."""
 
 from __future__ import annotations
 
-from tuner.dashboards.model import RI, VLLM_VARS, Dashboard, Panel, Query, Row, V, quantiles
+from tuner.dashboards.model import (
+    RI,
+    VLLM_VARS,
+    Dashboard,
+    Panel,
+    PanelKind,
+    Query,
+    Row,
+    V,
+    quantiles,
+)
 
 
 def kv_scheduling() -> Dashboard:
@@ -38,7 +48,7 @@ def kv_scheduling() -> Dashboard:
                                 instant=True,
                             ),
                         ),
-                        kind="table",
+                        kind=PanelKind.TABLE,
                         description="The effective KV cache size from "
                         "vllm:cache_config_info (value 1; the sizes are labels).",
                     ),
