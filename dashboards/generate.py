@@ -3,10 +3,10 @@
     python dashboards/generate.py          # write them
     python dashboards/generate.py --check  # exit 1 and name the files that differ
 
-The dashboards are defined in tuner/dashboards.py; the rule files are tuner/rules/templates/
-rendered with the default SLO (`tuner rules render` writes those alone); the PrometheusRule,
-rules ConfigMap and dashboard ConfigMaps come from tuner/provision.py. Do not edit the
-generated files by hand.
+The dashboards are defined in the tuner/dashboards/ package; the rule files are
+tuner/rules/templates/ rendered with the default SLO (`tuner rules render` writes those alone); the
+PrometheusRule, rules ConfigMap and dashboard ConfigMaps come from tuner/provision.py. Do not edit
+the generated files by hand.
 """
 
 from __future__ import annotations

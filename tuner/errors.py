@@ -87,3 +87,10 @@ class TuneInterrupted(TunerError):
     def __init__(self, signum: int, message: str) -> None:
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+# -- suggest (tuner/suggest/) ---------------------------------------------------------------
+
+
+class SuggestError(TunerError):
+    """suggest cannot run: bad --since/--until/--selector or launch value, or no data."""

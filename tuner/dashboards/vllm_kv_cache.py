@@ -1,0 +1,159 @@
+"""The vLLM KV cache and scheduling dashboard: KV and prefix cache, preemptions, queue,
+step times and request lengths."""
+
+from __future__ import annotations
+
+from tuner.dashboards.model import (
+    RI,
+    VLLM_VARS,
+    Dashboard,
+    Panel,
+    PanelKind,
+    Query,
+    Row,
+    V,
+    quantiles,
+)
+
+
+def kv_scheduling() -> Dashboard:
+    return Dashboard(
+        uid="tuner-vllm-kv-scheduling",
+        title="vLLM KV cache and scheduling",
+        filename="vllm-kv-cache-scheduling.json",
+        variables=VLLM_VARS,
+        rows=(
+            Row(
+                "KV cache",
+                (
+                    Panel(
+                        "KV cache usage by instance",
+                        (
+                            Query(
+                                f"max by (instance) (vllm:kv_cache_usage_perc{{{V}}}) or "
+                                f"max by (instance) (vllm:gpu_cache_usage_perc{{{V}}})",
+                                "{{instance}}",
+                            ),
+                        ),
+                        unit="percentunit",
+                        max=1,
+                    ),
+                    Panel(
+                        "KV cache blocks",
+                        (
+                            Query(
+                                f"max by (instance, num_gpu_blocks, block_size) "
+                                f"(vllm:cache_config_info{{{V}}})",
+                                "{{instance}}: {{num_gpu_blocks}} blocks x {{block_size}} tokens",
+                                instant=True,
+                            ),
+                        ),
+                        kind=PanelKind.TABLE,
+                        description="The effective KV cache size from "
+                        "vllm:cache_config_info (value 1; the sizes are labels).",
+                    ),
+                    Panel(
+                        "Prefix cache: queries and hits (tokens/s)",
+                        (
+                            Query(
+                                f"sum(rate(vllm:prefix_cache_queries_total{{{V}}}[{RI}]))",
+                                "queried",
+                            ),
+                            Query(f"sum(rate(vllm:prefix_cache_hits_total{{{V}}}[{RI}]))", "hit"),
+                        ),
+                    ),
+                    Panel(
+                        "Preemptions",
+                        (
+                            Query(
+                                f"sum(rate(vllm:num_preemptions_total{{{V}}}[{RI}]))",
+                                "preemptions/s",
+                            ),
+                            Query(
+                                f"1000 * sum(rate(vllm:num_preemptions_total{{{V}}}[{RI}])) "
+                                f"/ sum(rate(vllm:request_success_total{{{V}}}[{RI}]))",
+                                "per 1000 requests",
+                            ),
+                        ),
+                    ),
+                ),
+            ),
+            Row(
+                "Scheduler",
+                (
+                    Panel(
+                        "Running and waiting by instance",
+                        (
+                            Query(
+                                f"sum by (instance) (vllm:num_requests_running{{{V}}})",
+                                "running {{instance}}",
+                            ),
+                            Query(
+                                f"sum by (instance) (vllm:num_requests_waiting{{{V}}})",
+                                "waiting {{instance}}",
+                            ),
+                        ),
+                    ),
+                    Panel(
+                        "Waiting requests by reason",
+                        (
+                            Query(
+                                f"sum by (reason) (vllm:num_requests_waiting_by_reason{{{V}}})",
+                                "{{reason}}",
+                            ),
+                        ),
+                        description="Why requests wait: capacity (no KV space / seq slots) or "
+                        "deferred (e.g. structured-output grammar compilation).",
+                    ),
+                    Panel("Queue time", quantiles("vllm:request_queue_time_seconds", V), unit="s"),
+                    Panel(
+                        "Prefill and decode time p90",
+                        (
+                            Query(
+                                f"histogram_quantile(0.9, sum by (le) (rate("
+                                f"vllm:request_prefill_time_seconds_bucket{{{V}}}[{RI}])))",
+                                "prefill",
+                            ),
+                            Query(
+                                f"histogram_quantile(0.9, sum by (le) (rate("
+                                f"vllm:request_decode_time_seconds_bucket{{{V}}}[{RI}])))",
+                                "decode",
+                            ),
+                        ),
+                        unit="s",
+                    ),
+                    Panel(
+                        "Tokens per engine step",
+                        quantiles("vllm:iteration_tokens_total", V),
+                        description="Batch size in tokens per "
+                        "scheduler step; capped by --max-num-batched-tokens.",
+                    ),
+                    Panel(
+                        "Request lengths p50 / p90 (tokens)",
+                        (
+                            Query(
+                                f"histogram_quantile(0.5, sum by (le) (rate("
+                                f"vllm:request_prompt_tokens_bucket{{{V}}}[{RI}])))",
+                                "prompt p50",
+                            ),
+                            Query(
+                                f"histogram_quantile(0.9, sum by (le) (rate("
+                                f"vllm:request_prompt_tokens_bucket{{{V}}}[{RI}])))",
+                                "prompt p90",
+                            ),
+                            Query(
+                                f"histogram_quantile(0.5, sum by (le) (rate("
+                                f"vllm:request_generation_tokens_bucket{{{V}}}[{RI}])))",
+                                "output p50",
+                            ),
+                            Query(
+                                f"histogram_quantile(0.9, sum by (le) (rate("
+                                f"vllm:request_generation_tokens_bucket{{{V}}}[{RI}])))",
+                                "output p90",
+                            ),
+                        ),
+                    ),
+                ),
+            ),
+        ),
+    )
