@@ -19,8 +19,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import httpx
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -35,6 +33,7 @@ from tuner.errors import StoreError, TunerError
 from tuner.ingest import Ingest, IngestReport
 from tuner.scrape import ScrapeOutcome, make_client, scrape_all
 from tuner.store import Store
+from tuner.web import Request, Response, Route, WebServer, text_response
 
 log = logging.getLogger("tuner.daemon")
 
@@ -110,8 +109,12 @@ class Daemon:
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(8, len(config.targets))))
         self.ingest = Ingest(self.store)
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._server_thread: threading.Thread | None = None
+        host, port = config.listen_host_port
+        self.web = WebServer(host, port, [
+            Route("/metrics", self._metrics_endpoint),
+            Route("/healthz", self._healthz_endpoint),
+        ])
+        self._started = False
         self.last_cycle: float | None = None
         self.stopped = threading.Event()
         try:
@@ -186,16 +189,8 @@ class Daemon:
 
     def start(self) -> None:
         """Bind the HTTP endpoints, then schedule the jobs. Raises TunerError if it cannot."""
-        host, port = self.config.listen_host_port
-        try:
-            self._server = ThreadingHTTPServer((host, port), _make_handler(self))
-        except OSError as exc:
-            raise TunerError(f"listen {self.config.listen}: cannot bind: {exc.strerror}") from None
-        self._server.daemon_threads = True
-        self._server_thread = threading.Thread(
-            target=self._server.serve_forever, name="tuner-http", daemon=True
-        )
-        self._server_thread.start()
+        self.web.start()
+        self._started = True
         self.scheduler.add_job(
             self.scrape_once,
             "interval",
@@ -267,10 +262,17 @@ class Daemon:
 
     @property
     def address(self) -> tuple[str, int]:
-        if self._server is None:
+        """The listener's bound (host, port)."""
+        if not self._started:
             raise TunerError("daemon not started")
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
+        return self.web.address
+
+    def _metrics_endpoint(self, _request: Request) -> Response:
+        return Response(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+
+    def _healthz_endpoint(self, _request: Request) -> Response:
+        ok = self.healthy()
+        return text_response(200 if ok else 503, "ok\n" if ok else "unhealthy\n")
 
     def stop(self) -> None:
         """Stop jobs, flush what is pending, close the HTTP server and the store."""
@@ -281,39 +283,11 @@ class Daemon:
         self.alerting.stop()
         with self._lock:
             self._count(self.ingest.flush())
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        self.web.stop()
         self._pool.shutdown(wait=True)
         self.client.close()
         self.store.close()
         self.stopped.set()
-
-
-def _make_handler(daemon: Daemon) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                body = generate_latest(daemon.registry)
-                self._send(200, body, CONTENT_TYPE_LATEST)
-            elif path == "/healthz":
-                ok = daemon.healthy()
-                self._send(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n", "text/plain")
-            else:
-                self._send(404, b"not found: try /metrics or /healthz\n", "text/plain")
-
-        def _send(self, code: int, body: bytes, ctype: str) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, fmt: str, *args: Any) -> None:
-            log.debug("http: " + fmt, *args)
-
-    return Handler
 
 
 def run_daemon(config: Config) -> int:

@@ -1,0 +1,181 @@
+"""The listener: a threading HTTP server that answers from a table of routes.
+
+A route is a path (exact, or a prefix ending in ``/``) and the methods it answers; its
+handler is a plain function ``Request -> Response``, so endpoints are tested without a
+socket. The server decodes the query string and a form-encoded body (``POST`` with
+``application/x-www-form-urlencoded``, as Prometheus's API accepts) into ``Request.params``,
+answers ``404`` for an unknown path and ``405`` (with ``Allow``) for a known path and another
+method, and turns a handler that raises into a ``500`` without stopping the listener.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from tuner.errors import TunerError
+
+log = logging.getLogger("tuner.web")
+
+MAX_BODY_BYTES = 1 << 20  # a query or form body larger than this is refused (413)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request as a handler sees it: the path, decoded parameters, headers, body."""
+
+    method: str
+    path: str
+    params: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    def param(self, name: str, default: str | None = None) -> str | None:
+        """The last value of a parameter (Prometheus takes the last of repeated values)."""
+        values = self.params.get(name)
+        return values[-1] if values else default
+
+    def params_all(self, name: str) -> list[str]:
+        """Every value of a repeated parameter (``match[]``)."""
+        return list(self.params.get(name, ()))
+
+
+@dataclass(frozen=True)
+class Response:
+    """What a handler answers: status, body, content type and any extra headers."""
+
+    status: int
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def text_response(status: int, text: str) -> Response:
+    """A plain-text response."""
+    return Response(status, text.encode())
+
+
+Handler = Callable[[Request], Response]
+
+
+@dataclass(frozen=True)
+class Route:
+    """A path (a prefix when it ends in ``/``) and the methods its handler answers."""
+
+    path: str
+    handler: Handler
+    methods: tuple[str, ...] = ("GET",)
+
+    def matches(self, path: str) -> bool:
+        return path.startswith(self.path) if self.path.endswith("/") else path == self.path
+
+
+def find_route(routes: Sequence[Route], path: str) -> Route | None:
+    """The exact route for ``path``, else the longest prefix route that matches it."""
+    exact = [r for r in routes if r.path == path]
+    if exact:
+        return exact[0]
+    prefixes = [r for r in routes if r.path.endswith("/") and path.startswith(r.path)]
+    return max(prefixes, key=lambda r: len(r.path), default=None)
+
+
+def dispatch(routes: Sequence[Route], request: Request) -> Response:
+    """Answer one request from the route table (404, 405 and 500 included)."""
+    route = find_route(routes, request.path)
+    if route is None:
+        known = ", ".join(sorted(r.path for r in routes))
+        return text_response(404, f"not found: {request.path} (try {known})\n")
+    methods = route.methods + (("HEAD",) if "GET" in route.methods else ())
+    if request.method not in methods:
+        return Response(405, f"method {request.method} not allowed\n".encode(),
+                        headers=(("Allow", ", ".join(methods)),))
+    try:
+        return route.handler(request)
+    except Exception:  # a bug in one endpoint must not take the listener down
+        log.exception("http: %s %s failed", request.method, request.path)
+        return text_response(500, "internal error (see the sidecar's log)\n")
+
+
+class WebServer:
+    """The sidecar's listener over a route table; ``start()`` binds, ``stop()`` closes."""
+
+    def __init__(self, host: str, port: int, routes: Sequence[Route]) -> None:
+        self.host = host
+        self.port = port
+        self.routes: list[Route] = list(routes)
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def add_routes(self, routes: Sequence[Route]) -> None:
+        """Register more routes (before or after ``start``)."""
+        self.routes.extend(routes)
+
+    def start(self) -> None:
+        """Bind and serve in a background thread; TunerError naming the address if it cannot."""
+        try:
+            self._server = ThreadingHTTPServer((self.host, self.port), _make_handler(self))
+        except OSError as exc:
+            raise TunerError(
+                f"listen {self.host}:{self.port}: cannot bind: {exc.strerror}") from None
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="tuner-http",
+                                        daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port); the port is the real one when 0 was asked for."""
+        if self._server is None:
+            raise TunerError("listener not started")
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+def _make_handler(server: WebServer) -> type[BaseHTTPRequestHandler]:
+    class RequestHandler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _handle(self) -> None:
+            url = urlsplit(self.path)
+            params: dict[str, list[str]] = parse_qs(url.query, keep_blank_values=True)
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BODY_BYTES:
+                self._send(Response(413, b"request body too large\n"))
+                return
+            body = self.rfile.read(length) if length else b""
+            ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            if self.command == "POST" and ctype == "application/x-www-form-urlencoded":
+                for k, v in parse_qs(body.decode("utf-8", "replace"),
+                                     keep_blank_values=True).items():
+                    params.setdefault(k, []).extend(v)
+            request = Request(self.command, url.path, params,
+                              {k.lower(): v for k, v in self.headers.items()}, body)
+            self._send(dispatch(server.routes, request))
+
+        do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _handle
+
+        def _send(self, response: Response) -> None:
+            self.send_response(response.status)
+            self.send_header("Content-Type", response.content_type)
+            self.send_header("Content-Length", str(len(response.body)))
+            for name, value in response.headers:
+                self.send_header(name, value)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(response.body)
+
+        def log_message(self, fmt: str, *args: Any) -> None:
+            log.debug("http: " + fmt, *args)
+
+    return RequestHandler
