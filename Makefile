@@ -12,3 +12,4 @@ test:
 lint:
 	ruff check tuner tests benchmarks
 	mypy tuner
+	lint-imports --no-cache

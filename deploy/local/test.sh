@@ -6,5 +6,6 @@ cd "$(dirname "$0")/../.."
 export VLLM_CACHE_ROOT="${VLLM_CACHE_ROOT:-$PWD/.cache/vllm}"
 echo "== ruff"; ruff check tuner tests benchmarks
 echo "== mypy"; mypy tuner
+echo "== import layers"; lint-imports --no-cache
 echo "== pytest (unit, integration, e2e)"
 python3 -m pytest -p no:cacheprovider --durations=15 "$@"
