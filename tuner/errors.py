@@ -37,3 +37,10 @@ class QueryError(TunerError):
 
 class ProvisionError(TunerError):
     """Provisioning files could not be written (unwritable or foreign files in the way)."""
+
+
+# -- history sources (tuner.source) ------------------------------------------------------------
+
+
+class SourceError(TunerError):
+    """History could not be read from a source (Prometheus unreachable, query refused)."""
