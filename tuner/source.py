@@ -150,7 +150,7 @@ class PrometheusSource:
             return SourceError(f"Prometheus at {self.url} refused {what}: {exc}")
         return SourceError(f"Prometheus at {self.url}: {what} failed: {exc}")
 
-    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         import requests
         from prometheus_api_client.exceptions import PrometheusApiClientException
 
