@@ -106,6 +106,6 @@ def test_caching_engine_drops_what_no_window_needs(store: Store) -> None:
         engine.instant("sum(rate(m[5m]))", T0 + 900 + 60 * k)
     assert isinstance(engine.reader, WindowCache)
     (entry,) = engine.reader.entries.values()
-    oldest = min(int(ts[0]) for _, ts, _ in entry.series.values())
+    oldest = min(int(ts[0]) for _, _, ts, _ in entry.series.values())
     # the last evaluation at T0 + 1440 needs [T0 + 1140, T0 + 1440]: nothing older is kept
     assert oldest >= (T0 + 1440 - 300) * 1000

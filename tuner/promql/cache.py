@@ -20,7 +20,7 @@ only the missing head or tail. Do not put it over a reader whose older data chan
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -97,7 +97,9 @@ class _CacheEntry:
         self.start = start
         self.end = end
         self.widest = end - start
-        self.series: dict[_SeriesKey, tuple[SeriesData, np.ndarray, np.ndarray]] = {}
+        # per series: (name, labels, timestamps, values); no fetched SeriesData is kept, so a
+        # merge never holds both the fetched arrays and their concatenation
+        self.series: dict[_SeriesKey, tuple[str, Mapping[str, str], np.ndarray, np.ndarray]] = {}
 
     def merge(self, fetched: list[SeriesData], lo: int, hi: int) -> None:
         """Replace the cached samples in [lo, hi] by ``fetched``."""
@@ -105,43 +107,38 @@ class _CacheEntry:
         for key in set(self.series) | set(got):
             old = self.series.get(key)
             sd = got.get(key)
-            parts_t: list[np.ndarray] = []
-            parts_v: list[np.ndarray] = []
-            if old is not None:
-                _, ts, vals = old
-                keep_lo = ts < lo
-                keep_hi = ts > hi
-                parts_t.append(ts[keep_lo])
-                parts_v.append(vals[keep_lo])
-            if sd is not None:
-                parts_t.append(np.asarray(sd.timestamps, dtype=np.int64))
-                parts_v.append(np.asarray(sd.values, dtype=np.float64))
-            if old is not None:
-                parts_t.append(ts[keep_hi])
-                parts_v.append(vals[keep_hi])
-            proto = sd if sd is not None else old[0]  # type: ignore[index]
-            self.series[key] = (proto, np.concatenate(parts_t), np.concatenate(parts_v))
+            new_t = np.asarray(sd.timestamps, dtype=np.int64) if sd is not None else None
+            new_v = np.asarray(sd.values, dtype=np.float64) if sd is not None else None
+            if old is None:
+                assert sd is not None and new_t is not None and new_v is not None
+                self.series[key] = (sd.name, sd.labels, new_t, new_v)
+                continue
+            name, labels, ts, vals = old
+            keep_lo, keep_hi = ts < lo, ts > hi
+            parts_t = [ts[keep_lo]] + ([new_t] if new_t is not None else []) + [ts[keep_hi]]
+            parts_v = [vals[keep_lo]] + ([new_v] if new_v is not None else []) + [vals[keep_hi]]
+            self.series[key] = (name, labels, np.concatenate(parts_t), np.concatenate(parts_v))
 
     def trim(self, before: int) -> None:
         """Drop samples older than ``before`` (they fell out of every window asked for)."""
         if before <= self.start:
             return
         self.start = before
-        for key, (proto, ts, vals) in list(self.series.items()):
+        for key, (name, labels, ts, vals) in list(self.series.items()):
             i = int(np.searchsorted(ts, before, side="left"))
             if i:
-                self.series[key] = (proto, ts[i:], vals[i:])
+                self.series[key] = (name, labels, ts[i:], vals[i:])
 
     def window(self, lo: int, hi: int, filters: Sequence[Matcher]) -> list[SeriesData]:
         """The cached samples in [lo, hi] of the series ``filters`` match."""
         out = []
-        for proto, ts, vals in self.series.values():
+        for name, labels, ts, vals in self.series.values():
             if filters and not all(
-                    m.matches(proto.name if m.name == NAME else proto.labels.get(m.name, ""))
+                    m.matches(name if m.name == NAME else labels.get(m.name, ""))
                     for m in filters):
                 continue
             a = int(np.searchsorted(ts, lo, side="left"))
             b = int(np.searchsorted(ts, hi, side="right"))
             if a < b:
-                out.append(SeriesData(proto.name, proto.labels, ts[a:b], vals[a:b]))
+                out.append(SeriesData(name, labels, ts[a:b], vals[a:b]))
         return out
