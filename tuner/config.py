@@ -17,16 +17,20 @@ import yaml
 
 from tuner.errors import ConfigError
 
-_DURATION_UNITS = {
-    "y": 365 * 86400.0,
-    "w": 7 * 86400.0,
-    "d": 86400.0,
-    "h": 3600.0,
-    "m": 60.0,
-    "s": 1.0,
-    "ms": 0.001,
+# Prometheus's duration grammar (common/model.ParseDuration): each unit at most once, largest
+# first, integers only; "0" alone is the zero duration. Milliseconds per unit.
+_DURATION_MS = {
+    "y": 365 * 86_400_000,
+    "w": 7 * 86_400_000,
+    "d": 86_400_000,
+    "h": 3_600_000,
+    "m": 60_000,
+    "s": 1000,
+    "ms": 1,
 }
-_DURATION_RE = re.compile(r"(\d+)(ms|y|w|d|h|m|s)")
+_DURATION_PART_RE = re.compile(r"(\d+)(ms|y|w|d|h|m|s)")
+_DURATION_SYNTAX = "e.g. 30s, 5m, 1h30m, 7d; units ms s m h d w y"
+_MAX_DURATION_MS = 2**63 - 1  # Go's time.Duration limit, as Prometheus checks it
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$")
 _SIZE_UNITS = {
     None: 1,
@@ -43,6 +47,38 @@ _SIZE_UNITS = {
 TARGET_KINDS = ("vllm", "dcgm", "other")
 
 
+def parse_duration_ms(text: str) -> int:
+    """A Prometheus duration string (``1h30m``, ``5m``, ``250ms``, ``0``) in milliseconds.
+
+    The one duration parser of the package (PromQL's range selectors use it too). Follows
+    Prometheus: units largest first, each at most once, whole numbers only, ``0`` allowed
+    bare, at most 2^63-1 ms. Raises ValueError naming the text and the allowed syntax.
+    """
+    if text == "0":
+        return 0
+    if not text:
+        raise ValueError("empty duration")
+    pos = 0
+    total = 0
+    last_rank = -1
+    order = list(_DURATION_MS)
+    for match in _DURATION_PART_RE.finditer(text):
+        if match.start() != pos:
+            break
+        rank = order.index(match.group(2))
+        if rank <= last_rank:
+            raise ValueError(f"duration {text!r}: units out of order or repeated "
+                             "(largest to smallest, each once)")
+        last_rank = rank
+        total += int(match.group(1)) * _DURATION_MS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or pos == 0:
+        raise ValueError(f"{text!r} is not a Prometheus duration ({_DURATION_SYNTAX})")
+    if total > _MAX_DURATION_MS:
+        raise ValueError(f"duration {text!r} is out of range (at most about 292 years)")
+    return total
+
+
 def parse_duration(text: str | int | float) -> float:
     """Parse a Prometheus duration (``1h30m``, ``5m``, ``250ms``) into seconds.
 
@@ -54,27 +90,7 @@ def parse_duration(text: str | int | float) -> float:
         if text < 0:
             raise ValueError(f"duration {text!r} is negative")
         return float(text)
-    s = str(text).strip()
-    if not s:
-        raise ValueError("empty duration")
-    pos = 0
-    total = 0.0
-    last_rank = -1
-    order = list(_DURATION_UNITS)
-    for match in _DURATION_RE.finditer(s):
-        if match.start() != pos:
-            break
-        rank = order.index(match.group(2))
-        if rank <= last_rank:
-            raise ValueError(f"duration {s!r}: units must go from largest to smallest")
-        last_rank = rank
-        total += int(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    if pos != len(s) or pos == 0:
-        raise ValueError(
-            f"{s!r} is not a Prometheus duration (e.g. 30s, 5m, 1h30m, 7d; units ms s m h d w y)"
-        )
-    return total
+    return parse_duration_ms(str(text).strip()) / 1000.0
 
 
 def format_duration(seconds: float) -> str:

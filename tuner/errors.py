@@ -94,3 +94,10 @@ class TuneInterrupted(TunerError):
 
 class SuggestError(TunerError):
     """suggest cannot run: bad --since/--until/--selector or launch value, or no data."""
+
+
+# -- history sources (tuner.source) ------------------------------------------------------------
+
+
+class SourceError(TunerError):
+    """History could not be read from a source (Prometheus unreachable, query refused)."""

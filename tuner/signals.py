@@ -1,10 +1,11 @@
 """Named, documented derived signals, each a PromQL expression over canonical metric names.
 
-A signal is defined once here and evaluated by whatever answers PromQL: the in-process
-evaluator over the embedded store (``tuner.promql.Engine``) or a Prometheus server
-(``tuner.source``). Every expression is robust to vLLM's renames: the store keeps a canonical
-copy of old names, and expressions that may run against a raw Prometheus add ``or`` over the
-old name so a fleet that mixes versions counts each server once.
+A signal is defined once here and evaluated by whatever answers PromQL (a
+``tuner.promql.Querier``): the in-process evaluator over the embedded store
+(``tuner.promql.Engine``) or a Prometheus server (``tuner.source``). Every expression is robust
+to vLLM's renames: the store keeps a canonical copy of old names, and expressions that may run
+against a raw Prometheus add ``or`` over the old name so a fleet that mixes versions counts each
+server once.
 
 ``STATUS_SIGNALS`` are what ``tuner status`` shows; ``evaluate_signals`` runs a set of signals
 at one instant and returns values per instance.
@@ -14,11 +15,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from tuner.errors import QueryError
+from tuner.promql import Querier, ValueType
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,6 @@ class Signal:
     expr: str
     unit: str
     help: str
-
-
-class InstantQuerier(Protocol):
-    """Anything that answers an instant PromQL query (Engine, LocalSource, PrometheusSource)."""
-
-    def instant(self, expr: str, ts: float) -> object: ...
 
 
 STATUS_SIGNALS: tuple[Signal, ...] = (
@@ -86,7 +81,7 @@ STATUS_SIGNALS: tuple[Signal, ...] = (
 
 
 def evaluate_signals(
-    querier: InstantQuerier, signals: Sequence[Signal], ts: float
+    querier: Querier, signals: Sequence[Signal], ts: float
 ) -> dict[str, dict[str, float]]:
     """Evaluate signals at ``ts``: ``{instance: {signal name: value}}``.
 
@@ -95,13 +90,10 @@ def evaluate_signals(
     out: dict[str, dict[str, float]] = {}
     for sig in signals:
         result = querier.instant(sig.expr, ts)
-        vector = getattr(result, "vector", ())
-        if getattr(result, "kind", "vector") != "vector":
+        if result.kind != ValueType.VECTOR:
             raise QueryError(f"signal {sig.name}: expected an instant vector from {sig.expr!r}")
-        for element in vector:
-            labels: Mapping[str, str] = element.labels
-            value = float(element.value)
-            out.setdefault(labels.get("instance", ""), {})[sig.name] = value
+        for element in result.vector:
+            out.setdefault(element.labels.get("instance", ""), {})[sig.name] = element.value
     return out
 
 

@@ -1,122 +1,85 @@
 """Where history comes from: the embedded store or a Prometheus server, behind one interface.
 
-Both sources answer the same three questions, with the result types of ``tuner.promql``:
-
-* ``instant(expr, ts) -> QueryResult`` — a PromQL instant query at ``ts`` (unix seconds);
-* ``range(expr, start, end, step) -> tuple[RangeSeries, ...]`` — a range query;
-* ``time_range() -> (oldest, newest) | None`` — which data the source holds (unix seconds).
+Both sources are a :class:`Source`: a ``tuner.promql.Querier`` (``instant(expr, ts) ->
+QueryResult``, ``range(expr, start, end, step) -> tuple[RangeSeries, ...]``) that also says
+what it is (``description``) and which data it holds (``time_range() -> (oldest, newest) |
+None``, unix seconds). One contract test suite (tests/integration/test_history_sources.py)
+runs the same tests against both.
 
 ``LocalSource`` wraps ``tuner.promql.Engine`` over a ``tuner.store.Store``.
 ``PrometheusSource`` asks a Prometheus server through ``prometheus_api_client`` (the only
 module that imports it). Prometheus returns sample values as strings; they are converted to
 floats here, and an empty result is an empty tuple (never a KeyError, as
-``MetricRangeDataFrame`` would raise). An unreachable server or a refused query becomes a
-``SourceError`` naming the URL and the query.
+``MetricRangeDataFrame`` would raise). A query either source cannot answer raises a
+``TunerError`` naming the source and the query: ``QueryError`` from the local evaluator,
+``SourceError`` from Prometheus (unreachable, timed out, or the query refused).
 
-Note on layering: a source returns ``tuner.promql`` result types, so this module imports
-``tuner.promql`` (lazily, for the local source) and sits next to it, not below it.
+Layering: a source returns ``tuner.promql`` result types, so this module sits above
+``tuner.promql``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from tuner.errors import TunerError
+from tuner.errors import QueryError, SourceError
+from tuner.promql import (
+    Element,
+    Engine,
+    Querier,
+    QueryResult,
+    RangeSeries,
+    ValueType,
+    WindowCache,
+)
 
 if TYPE_CHECKING:
     import requests
 
-    from tuner.promql import QueryResult, RangeSeries
-    from tuner.store import Matcher, SeriesData, Store
+    from tuner.store import Store
+
+__all__ = ["LocalSource", "PrometheusSource", "Source", "SourceError"]
 
 
-class SourceError(TunerError):
-    """History could not be read from a source (Prometheus unreachable, query refused)."""
-
-
-class Source(Protocol):
+class Source(Querier, Protocol):
     """What ``suggest``, ``workload`` and fleet-mode rules need from a history source."""
 
     description: str
 
-    def instant(self, expr: str, ts: float) -> QueryResult: ...
-
-    def range(
-        self, expr: str, start: float, end: float, step: float
-    ) -> tuple[RangeSeries, ...]: ...
-
     def time_range(self) -> tuple[float, float] | None: ...
-
-
-class WindowCache:
-    """A series reader that reads each metric of a window from the store once.
-
-    Many queries of one ``suggest`` run touch the same metrics over the same window (a rate
-    per step, the window's ``increase``, the workload histograms). Reads inside
-    ``[start_ms, end_ms]`` of a selector with a ``__name__="..."`` matcher fetch every series
-    of that name for the whole window once, then filter labels and slice in memory; anything
-    else goes to the store.
-    """
-
-    def __init__(self, store: Store, start_ms: int, end_ms: int) -> None:
-        self.store = store
-        self.start_ms = start_ms
-        self.end_ms = end_ms
-        self._by_name: dict[str, list[SeriesData]] = {}
-
-    def select(
-        self, matchers: Sequence[Matcher], start_ms: int, end_ms: int
-    ) -> list[SeriesData]:
-        from tuner.store import Matcher, SeriesData
-
-        name = next((m.value for m in matchers if m.name == "__name__" and m.op == "="), None)
-        if name is None or start_ms < self.start_ms or end_ms > self.end_ms:
-            return self.store.select(matchers, start_ms, end_ms)
-        cached = self._by_name.get(name)
-        if cached is None:
-            cached = self.store.select([Matcher("__name__", "=", name)], self.start_ms,
-                                       self.end_ms)
-            self._by_name[name] = cached
-        out = []
-        for sd in cached:
-            if not all(m.matches(sd.name if m.name == "__name__" else sd.labels.get(m.name, ""))
-                       for m in matchers):
-                continue
-            a = int(np.searchsorted(sd.timestamps, start_ms, side="left"))
-            b = int(np.searchsorted(sd.timestamps, end_ms, side="right"))
-            if b > a:
-                out.append(SeriesData(sd.name, sd.labels, sd.timestamps[a:b], sd.values[a:b]))
-        return out
 
 
 class LocalSource:
     """History from the sidecar's embedded store, evaluated by ``tuner.promql.Engine``."""
 
     def __init__(self, store: Store, lookback_delta: float = 300.0) -> None:
-        from tuner.promql import Engine
-
         self.store = store
         self.lookback_delta = lookback_delta
         self.engine = Engine(reader=store, lookback_delta=lookback_delta)
         self.description = f"store {store.path}"
 
     def cache_window(self, start: float, end: float) -> None:
-        """Serve reads inside ``[start, end]`` from memory, each metric read once."""
-        from tuner.promql import Engine
-
-        cache = WindowCache(self.store, math.floor(start * 1000), math.ceil(end * 1000))
+        """Serve reads from memory from now on, each metric of ``[start, end]`` read once."""
+        cache = WindowCache(self.store, by_name=True,
+                            window=(math.floor(start * 1000), math.ceil(end * 1000)))
         self.engine = Engine(reader=cache, lookback_delta=self.lookback_delta)
 
     def instant(self, expr: str, ts: float) -> QueryResult:
-        return self.engine.instant(expr, ts)
+        try:
+            return self.engine.instant(expr, ts)
+        except QueryError as exc:
+            raise QueryError(f"{self.description}: query {expr!r}: {exc}") from None
 
     def range(self, expr: str, start: float, end: float, step: float) -> tuple[RangeSeries, ...]:
-        return tuple(self.engine.range(expr, start, end, step))
+        try:
+            return self.engine.range(expr, start, end, step)
+        except QueryError as exc:
+            raise QueryError(f"{self.description}: range query {expr!r}: {exc}") from None
 
     def time_range(self) -> tuple[float, float] | None:
         rng = self.store.time_range()
@@ -150,7 +113,7 @@ class PrometheusSource:
         timeout: float = 30.0,
         session: requests.Session | None = None,
         headers: Mapping[str, str] | None = None,
-        clock: Any = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         import requests
         from prometheus_api_client import PrometheusConnect
@@ -187,7 +150,7 @@ class PrometheusSource:
             return SourceError(f"Prometheus at {self.url} refused {what}: {exc}")
         return SourceError(f"Prometheus at {self.url}: {what} failed: {exc}")
 
-    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         import requests
         from prometheus_api_client.exceptions import PrometheusApiClientException
 
@@ -199,16 +162,14 @@ class PrometheusSource:
     # -- queries -----------------------------------------------------------------------
 
     def instant(self, expr: str, ts: float) -> QueryResult:
-        from tuner.promql import Element, QueryResult, RangeSeries
-
         data = self._call(
             f"query {expr!r}", self._client.custom_query, expr, params={"time": f"{ts:.3f}"}
         )
         # custom_query returns data.result only; its shape tells the result type.
         if isinstance(data, list) and len(data) == 2 and not isinstance(data[0], dict):
             if isinstance(data[1], str) and _is_number(data[1]):
-                return QueryResult(kind="scalar", scalar=_float(data[1]))
-            return QueryResult(kind="string", scalar=None)
+                return QueryResult(kind=ValueType.SCALAR, scalar=_float(data[1]))
+            return QueryResult(kind=ValueType.STRING, string=str(data[1]))
         items = list(data or [])
         if items and "values" in items[0]:
             matrix = tuple(
@@ -219,15 +180,13 @@ class PrometheusSource:
                 )
                 for item in items
             )
-            return QueryResult(kind="matrix", matrix=matrix)
+            return QueryResult(kind=ValueType.MATRIX, matrix=matrix)
         vector = tuple(
             Element(dict(item.get("metric", {})), _float(item["value"][1])) for item in items
         )
-        return QueryResult(kind="vector", vector=vector)
+        return QueryResult(kind=ValueType.VECTOR, vector=vector)
 
     def range(self, expr: str, start: float, end: float, step: float) -> tuple[RangeSeries, ...]:
-        from tuner.promql import RangeSeries
-
         # custom_query_range rounds start/end to whole seconds; ask for whole seconds.
         data = self._call(
             f"range query {expr!r}",
@@ -298,21 +257,3 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def open_source(
-    store: Store | None, prometheus_url: str | None, timeout: float = 30.0
-) -> Source:
-    """The source a command should read: Prometheus when a URL is given, else the store."""
-    if prometheus_url:
-        src = PrometheusSource(prometheus_url, timeout=timeout)
-        src.check()
-        return src
-    if store is None:
-        raise SourceError("no history source: give --prometheus URL or a config with a store")
-    return LocalSource(store)
-
-
-def label_key(labels: Mapping[str, str], keys: Sequence[str]) -> tuple[str, ...]:
-    """The values of ``keys`` in ``labels`` ("" when absent), for grouping series."""
-    return tuple(labels.get(k, "") for k in keys)

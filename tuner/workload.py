@@ -26,19 +26,22 @@ the window and returns a JSON-ready dict (``WORKLOAD_VERSION`` 1)::
 in ``(lo, hi]`` (the window's increase of each cumulative bucket, differenced). A load
 generator draws a bucket with probability ``p`` and a length uniformly inside it; the top
 bucket (``+Inf``) is reported with ``hi`` equal to ``lo`` (lengths never exceed
-max-model-len, which vLLM uses as the last finite bound). Quantiles interpolate linearly
-inside buckets, as ``histogram_quantile`` does. Counter resets inside the window are
-handled by ``increase``.
+max-model-len, which vLLM uses as the last finite bound). Quantiles are Prometheus's
+``histogram_quantile`` (``tuner.promql.bucket_quantile``, the package's one histogram
+quantile): linear inside a bucket, the last finite bound when the rank falls in ``+Inf``.
+A histogram Prometheus cannot take a quantile of (no ``+Inf`` bucket, no finite bucket) has
+no distribution (``None``). Counter resets inside the window are handled by ``increase``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from tuner.config import format_duration
+from tuner.promql import Element, Querier, QueryResult, bucket_quantile, parse_go_float
 from tuner.signals import mean_acceptance_length
 
 WORKLOAD_VERSION = 1
@@ -52,8 +55,9 @@ def iso(ts: float) -> str:
 def length_distribution(cumulative: Mapping[float, float]) -> dict[str, Any] | None:
     """An empirical distribution from cumulative bucket counts ``{le: count}`` (+Inf = inf).
 
-    Returns None when the histogram saw no requests. Non-monotonic input (a bucket that
-    grew less than a lower one, e.g. across a reset) is repaired as Prometheus does.
+    Returns None when the histogram saw no requests, or when it is not one Prometheus takes
+    a quantile of (no ``+Inf`` bucket, or nothing but ``+Inf``). Non-monotonic input (a bucket
+    that grew less than a lower one, e.g. across a reset) is repaired as Prometheus does.
     """
     bounds = sorted(cumulative)
     if not bounds:
@@ -66,56 +70,48 @@ def length_distribution(cumulative: Mapping[float, float]) -> dict[str, Any] | N
     total = counts[-1]
     if total <= 0:
         return None
+    pairs = list(zip(bounds, counts, strict=True))
+    quantiles = {f"p{round(q * 100)}": bucket_quantile(q, pairs) for q in (0.5, 0.9, 0.99)}
+    if any(math.isnan(v) for v in quantiles.values()):
+        return None
     buckets = []
     prev_le, prev_c = 0.0, 0.0
     top_finite = max((b for b in bounds if math.isfinite(b)), default=0.0)
-    for le, c in zip(bounds, counts, strict=True):
+    for le, c in pairs:
         n = c - prev_c
         hi = le if math.isfinite(le) else top_finite
         if n > 0:
             buckets.append({"lo": prev_le, "hi": hi, "p": n / total})
         prev_le, prev_c = hi, c
     nonempty = [b for b in buckets if b["p"] > 0]
-    out: dict[str, Any] = {
+    return {
         "count": total,
-        "p50": _bucket_quantile(0.5, bounds, counts),
-        "p90": _bucket_quantile(0.9, bounds, counts),
-        "p99": _bucket_quantile(0.99, bounds, counts),
+        **quantiles,
         "max": nonempty[-1]["hi"] if nonempty else 0.0,
         "buckets": buckets,
     }
+
+
+def _cumulative(result: QueryResult) -> dict[float, float]:
+    """``{le: count}`` from a ``sum by (le)`` vector; buckets with the same bound are added
+    (``le="1"`` and ``le="1.0"``), an ``le`` that is not a number is skipped (as Prometheus)."""
+    out: dict[float, float] = {}
+    for el in result.vector:
+        le = parse_go_float(el.labels.get("le", ""))
+        if le is not None:
+            out[le] = out.get(le, 0.0) + el.value
     return out
 
 
-def _bucket_quantile(q: float, bounds: Sequence[float], counts: Sequence[float]) -> float:
-    total = counts[-1]
-    rank = q * total
-    prev_le, prev_c = 0.0, 0.0
-    for le, c in zip(bounds, counts, strict=True):
-        if c >= rank and c > prev_c:
-            if not math.isfinite(le):
-                return prev_le
-            return prev_le + (le - prev_le) * (rank - prev_c) / (c - prev_c)
-        prev_le, prev_c = (le if math.isfinite(le) else prev_le), c
-    return prev_le
-
-
-def _le(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        return math.inf
-
-
-def _grouped(result: Any, key: str = "instance") -> dict[str, list[Any]]:
-    out: dict[str, list[Any]] = {}
-    for el in getattr(result, "vector", ()):
+def _grouped(result: QueryResult, key: str = "instance") -> dict[str, list[Element]]:
+    out: dict[str, list[Element]] = {}
+    for el in result.vector:
         out.setdefault(el.labels.get(key, ""), []).append(el)
     return out
 
 
 def fingerprint(
-    source: Any,
+    source: Querier,
     start: float,
     end: float,
     selector: str = "",
@@ -130,21 +126,19 @@ def fingerprint(
         extra = f'instance="{instance}"'
         sel = "{" + (f"{inner}, {extra}" if inner else extra) + "}"
 
-    def instant(expr: str) -> Any:
+    def instant(expr: str) -> QueryResult:
         return source.instant(expr, end)
 
     def scalar_sum(expr: str) -> float | None:
         res = instant(expr)
-        vals = [el.value for el in getattr(res, "vector", ()) if math.isfinite(el.value)]
+        vals = [el.value for el in res.vector if math.isfinite(el.value)]
         return float(sum(vals)) if vals else None
 
     lengths: dict[str, dict[str, Any] | None] = {}
     for key, metric in (("prompt_tokens", "vllm:request_prompt_tokens"),
                         ("output_tokens", "vllm:request_generation_tokens")):
         res = instant(f"sum by (le) (increase({metric}_bucket{sel}[{w}]))")
-        cumulative = {_le(el.labels.get("le", "+Inf")): el.value
-                      for el in getattr(res, "vector", ())}
-        dist = length_distribution(cumulative)
+        dist = length_distribution(_cumulative(res))
         if dist is not None:
             total_sum = scalar_sum(f"sum(increase({metric}_sum{sel}[{w}]))")
             total_count = scalar_sum(f"sum(increase({metric}_count{sel}[{w}]))")

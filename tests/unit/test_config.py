@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tuner.config import format_duration, load_config, parse_config, parse_duration, parse_size
+from tuner.config import (
+    format_duration,
+    load_config,
+    parse_config,
+    parse_duration,
+    parse_duration_ms,
+    parse_size,
+)
 from tuner.errors import ConfigError
 
 EXAMPLE = """
@@ -43,6 +50,19 @@ def test_parse_duration_prometheus_syntax(text: str, seconds: float) -> None:
 def test_parse_duration_rejects(bad: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(bad)
+
+
+def test_parse_duration_ms_is_prometheus_complete() -> None:
+    assert parse_duration_ms("1d2h3m4s5ms") == 93_784_005
+    assert parse_duration_ms("0") == 0  # Prometheus accepts a bare zero
+    assert parse_duration("0") == 0.0
+    assert parse_duration_ms("292y") == 292 * 365 * 86_400_000
+    with pytest.raises(ValueError, match="out of range"):
+        parse_duration_ms("300000000y")  # beyond Go's time.Duration, as Prometheus refuses
+    with pytest.raises(ValueError, match="out of order or repeated"):
+        parse_duration_ms("1m1m")
+    with pytest.raises(ValueError, match="not a Prometheus duration"):
+        parse_duration_ms("00")
 
 
 def test_format_duration_round_trips() -> None:

@@ -109,6 +109,12 @@ def test_durations() -> None:
     assert parse_duration_ms("1d") == 86_400_000
     with pytest.raises(QueryError, match="out of order"):
         parse_duration_ms("5m1h")
+    # the grammar is tuner.config's (one duration parser): range selectors use it too
+    assert parse_duration_ms("0") == 0
+    with pytest.raises(QueryError, match="out of range"):
+        check_expr("rate(x[300000000y])")
+    with pytest.raises(QueryError, match="out of order"):
+        check_expr("rate(x[5m1h])")
 
 
 @pytest.mark.parametrize(("expr", "message"), [

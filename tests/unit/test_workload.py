@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.history import Scenario, build_store, day_start
+from tuner.promql import Engine
 from tuner.source import LocalSource
+from tuner.store import Store
 from tuner.workload import fingerprint, length_distribution
 
 START = day_start(time.time())
@@ -37,6 +39,58 @@ def test_length_distribution_top_bucket_and_repair() -> None:
     assert dist["buckets"][-1]["hi"] == 20.0  # +Inf reported at the last finite bound
     assert length_distribution({10.0: 0.0, math.inf: 0.0}) is None
     assert length_distribution({}) is None
+
+
+@pytest.mark.parametrize("cumulative", [
+    {100.0: 10.0, 200.0: 60.0, 500.0: 90.0, math.inf: 100.0},  # p99 in the +Inf bucket
+    {1.0: 0.0, 2.0: 0.0, 5.0: 3.0, math.inf: 3.0},  # empty low buckets
+    {10.0: 5.0, 20.0: 4.0, math.inf: 8.0},  # non-monotonic: repaired
+    {-1.0: 1.0, 0.0: 2.0, math.inf: 4.0},  # first bound not positive
+])
+def test_length_quantiles_are_prometheus_histogram_quantile(
+        cumulative: dict[float, float], tmp_path: Path) -> None:
+    """One histogram quantile: the fingerprint's percentiles are the evaluator's
+    histogram_quantile on the same buckets."""
+    ts = 1_700_000_000_000
+    with Store(tmp_path / "h.db", retention=3650 * 86400.0) as store:
+        store.append_points([("h_bucket", (("le", "+Inf" if math.isinf(le) else repr(le)),), ts, c)
+                             for le, c in cumulative.items()])
+        engine = Engine(store)
+        dist = length_distribution(cumulative)
+        assert dist is not None
+        for key, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
+            (el,) = engine.instant(f"histogram_quantile({q}, h_bucket)", ts / 1000).vector
+            assert dist[key] == el.value, key
+
+
+def test_length_quantiles_in_the_inf_bucket_and_degenerate_histograms() -> None:
+    dist = length_distribution({100.0: 10.0, 200.0: 60.0, 500.0: 90.0, math.inf: 100.0})
+    assert dist is not None
+    assert dist["p50"] == pytest.approx(180.0) and dist["p90"] == pytest.approx(500.0)
+    assert dist["p99"] == 500.0  # rank in +Inf: the highest finite bound, as Prometheus
+    # histograms Prometheus takes no quantile of (it answers NaN) have no distribution
+    assert length_distribution({100.0: 5.0, 200.0: 8.0}) is None  # no +Inf bucket
+    assert length_distribution({math.inf: 8.0}) is None  # nothing but +Inf
+
+
+def test_fingerprint_adds_buckets_spelled_two_ways(tmp_path: Path) -> None:
+    """A fleet where one server writes le="100.0" (prometheus_client) and another le="100"
+    (normalised): the buckets are one bound, added up, as histogram_quantile coalesces them."""
+    t0 = 1_700_000_000
+    pts = []
+    for inst, le100, in_100, total in (("a", "100.0", 30.0, 40.0), ("b", "100", 10.0, 60.0)):
+        for k, frac in ((0, 0.0), (1, 0.5), (2, 1.0)):
+            ts = (t0 + 1800 * k) * 1000
+            for le, count in ((le100, in_100), ("500.0", total), ("+Inf", total)):
+                pts.append(("vllm:request_prompt_tokens_bucket",
+                            (("instance", inst), ("le", le)), ts, frac * count))
+    with Store(tmp_path / "s.db", retention=3650 * 86400.0) as store:
+        store.append_points(pts)
+        fp = fingerprint(LocalSource(store), t0, t0 + 3600)
+    prompt = fp["prompt_tokens"]
+    assert prompt["count"] == pytest.approx(100.0)
+    assert [(b["lo"], b["hi"]) for b in prompt["buckets"]] == [(0.0, 100.0), (100.0, 500.0)]
+    assert prompt["buckets"][0]["p"] == pytest.approx(0.4)  # (30 + 10) of 100
 
 
 @pytest.fixture(scope="module")

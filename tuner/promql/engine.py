@@ -1,0 +1,109 @@
+"""The public PromQL engine: instant and range queries over a series reader.
+
+``Engine.instant`` answers like Prometheus's ``/api/v1/query`` and ``Engine.range`` like
+``/api/v1/query_range``. A query parses once (parses are memoised), fetches every selector's
+series once for its whole time span (``Fetched``), then evaluates each step from memory. With
+``cache=True`` the engine reads through a :class:`~tuner.promql.cache.WindowCache`, for a
+long-lived rule evaluator whose windows slide forward.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tuner.errors import QueryError
+from tuner.promql.cache import WindowCache
+from tuner.promql.evaluator import Evaluator, Fetched
+from tuner.promql.parser import parse_expr, selectors
+from tuner.promql.results import Element, QueryResult, RangeSeries, SeriesReader, ValueType
+from tuner.promql.syntax import TYPE_NAMES, Expr, MatrixSelector, S, V, type_of
+from tuner.promql.values import EMPTY_LABELS, Labels, Mat, Vec
+
+
+def _to_ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def _to_elements(vec: Vec) -> tuple[Element, ...]:
+    return tuple(Element(dict(lb), float(v)) for lb, v in zip(vec.labels, vec.values.tolist(),
+                                                               strict=True))
+
+
+class Engine:
+    """Evaluates PromQL over a SeriesReader; ``lookback_delta`` in seconds (Prometheus: 5m).
+
+    With ``cache=True`` the engine keeps the samples it read between queries and fetches only
+    what a new window adds (plus the newest ``cache_tail`` seconds again, for samples written
+    late). That suits a long-lived rule evaluator over a store that only grows at its end
+    (the daemon's scrape loop); do not use it over a reader whose older data changes
+    (backfill), because a cached window does not see writes older than ``cache_tail``.
+    """
+
+    def __init__(self, reader: SeriesReader, lookback_delta: float = 300.0, *,
+                 cache: bool = False, cache_tail: float = 300.0) -> None:
+        self.lookback_delta = lookback_delta
+        self.reader: SeriesReader = (
+            WindowCache(reader, tail_ms=_to_ms(cache_tail)) if cache else reader)
+
+    def _expr(self, expr: str | Expr) -> Expr:
+        return parse_expr(expr) if isinstance(expr, str) else expr
+
+    def _prefetch(self, e: Expr, start_ms: int, end_ms: int) -> Fetched:
+        data = Fetched(self.reader)
+        lookback = _to_ms(self.lookback_delta)
+        for sel in selectors(e):
+            if isinstance(sel, MatrixSelector):
+                off, span = sel.selector.offset_ms, sel.range_ms
+            else:
+                off, span = sel.offset_ms, lookback
+            data.fetch(sel, start_ms - off - span, end_ms - off)
+        return data
+
+    def instant(self, expr: str | Expr, ts: float) -> QueryResult:
+        """Evaluate at ``ts`` (unix seconds), like Prometheus's /api/v1/query."""
+        e = self._expr(expr)
+        ts_ms = _to_ms(ts)
+        data = self._prefetch(e, ts_ms, ts_ms)
+        val = Evaluator(data, ts_ms, _to_ms(self.lookback_delta)).eval(e)
+        if isinstance(val, float):
+            return QueryResult(ValueType.SCALAR, scalar=val)
+        if isinstance(val, str):
+            return QueryResult(ValueType.STRING, string=val)
+        if isinstance(val, Mat):
+            return QueryResult(ValueType.MATRIX, matrix=tuple(
+                RangeSeries(dict(lb), t.astype(np.float64) / 1000, v.copy())
+                for lb, t, v in zip(val.labels, val.times, val.values, strict=True)))
+        return QueryResult(ValueType.VECTOR, vector=_to_elements(val))
+
+    def range(self, expr: str | Expr, start: float, end: float,
+              step: float) -> tuple[RangeSeries, ...]:
+        """Evaluate at start, start+step, ... <= end, like /api/v1/query_range."""
+        if step <= 0:
+            raise QueryError("zero or negative query resolution step widths are not accepted")
+        e = self._expr(expr)
+        t = type_of(e)
+        if t not in (S, V):
+            raise QueryError(f"invalid expression type {TYPE_NAMES[t]!r} for range query, "
+                             "must be scalar or instant vector")
+        start_ms, end_ms, step_ms = _to_ms(start), _to_ms(end), _to_ms(step)
+        data = self._prefetch(e, start_ms, end_ms)
+        lookback = _to_ms(self.lookback_delta)
+        acc: dict[Labels, tuple[list[int], list[float]]] = {}
+        ts = start_ms
+        while ts <= end_ms:
+            val = Evaluator(data, ts, lookback).eval(e)
+            if isinstance(val, float):
+                pts = acc.setdefault(EMPTY_LABELS, ([], []))
+                pts[0].append(ts)
+                pts[1].append(val)
+            else:
+                assert isinstance(val, Vec)
+                for lb, v in zip(val.labels, val.values.tolist(), strict=True):
+                    pts = acc.setdefault(lb, ([], []))
+                    pts[0].append(ts)
+                    pts[1].append(v)
+            ts += step_ms
+        return tuple(
+            RangeSeries(dict(lb), np.array(tss, dtype=np.float64) / 1000,
+                        np.array(vs, dtype=np.float64))
+            for lb, (tss, vs) in acc.items())
