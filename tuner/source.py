@@ -53,6 +53,10 @@ class Source(Querier, Protocol):
 
     def time_range(self) -> tuple[float, float] | None: ...
 
+    def cache_window(self, start: float, end: float) -> None:
+        """A hint that the next queries read inside ``[start, end]``: a source that can keep
+        that window in memory does (the store); one that cannot ignores it (Prometheus)."""
+
 
 class LocalSource:
     """History from the sidecar's embedded store, evaluated by ``tuner.promql.Engine``."""
@@ -209,6 +213,9 @@ class PrometheusSource:
                 )
             )
         return tuple(out)
+
+    def cache_window(self, start: float, end: float) -> None:
+        """Nothing to keep: Prometheus reads its own blocks (``Source.cache_window``)."""
 
     def time_range(
         self,

@@ -162,9 +162,8 @@ def _align(grid: np.ndarray, step: float, ts: np.ndarray, vals: np.ndarray) -> n
 
 def collect(source: Source, window: Window, selector: str = "") -> list[TargetData]:
     """Read the window for every selected vLLM server; raises SuggestError if there is none."""
-    cache = getattr(source, "cache_window", None)
-    if cache is not None:  # the local store: read each metric of the window once
-        cache(window.start - window.rate_window - 600.0, window.end)
+    # the local store reads each metric of the window once; Prometheus ignores the hint
+    source.cache_window(window.start - window.rate_window - 600.0, window.end)
     read = _read_series(source, window, selector)
     instances = sorted(i for i in read.by_instance if i in read.display)
     if not instances:
@@ -233,13 +232,13 @@ def _read_totals(source: Source, window: Window, selector: str
     totals: dict[str, dict[str, float]] = {}
     for sig in WINDOW_TOTALS:
         res = source.instant(render_signal(sig, selector, VLLM_GROUP_BY, full_w), window.end)
-        for el in getattr(res, "vector", ()):
+        for el in res.vector:
             totals.setdefault(el.labels.get("instance", ""), {})[sig.name] = float(el.value)
     resets: dict[str, float] = {}
     res = source.instant(
         f"sum by (instance) (resets(vllm:generation_tokens_total{selector}[{full_w}]))",
         window.end)
-    for el in getattr(res, "vector", ()):
+    for el in res.vector:
         resets[el.labels.get("instance", "")] = float(el.value)
     return totals, resets
 
