@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from tuner.errors import QueryError
@@ -319,3 +319,30 @@ TRIAL_SIGNALS: tuple[Signal, ...] = (
 """What a canary trial's server-side measurement is computed from (one instant query each at
 the end of the load window): peak and mean KV usage, and the window totals of requests,
 preemptions, output tokens and speculative draft/accepted tokens."""
+
+
+#: The info series whose labels carry the KV cache's configuration (value 1).
+CACHE_CONFIG_INFO = "vllm:cache_config_info"
+
+
+def kv_capacity_from_info(label_sets: Sequence[Mapping[str, str]]) -> tuple[float, float]:
+    """(KV capacity in tokens, block size) of one server from its ``vllm:cache_config_info``
+    label sets (one per engine): ``num_gpu_blocks`` x ``block_size`` (num_gpu_blocks is the
+    server's total under data parallel, so the largest engine's product), else the sum of the
+    engines' ``kv_cache_size_tokens``; NaN when neither label is a number."""
+
+    def num(labels: Mapping[str, str], key: str) -> float:
+        try:
+            v = float(labels.get(key, "nan"))
+        except ValueError:
+            return math.nan
+        return v if math.isfinite(v) and v > 0 else math.nan
+
+    products = [num(s, "num_gpu_blocks") * num(s, "block_size") for s in label_sets]
+    products = [p for p in products if math.isfinite(p)]
+    sizes = [b for s in label_sets if math.isfinite(b := num(s, "block_size"))]
+    block = max(sizes) if sizes else math.nan
+    if products:
+        return max(products), block
+    tokens = [t for s in label_sets if math.isfinite(t := num(s, "kv_cache_size_tokens"))]
+    return (sum(tokens) if tokens else math.nan), block

@@ -3,7 +3,8 @@
 * ``TrialKind``: the order a search runs trials in (baseline, search, repeat, confirm).
   ``TrialState``: ok = ran and met the SLO; slo = ran and missed it; failed = no usable
   measurement (exit, oom, health_timeout, start_error, load_error, load_errors); rejected = a
-  constraint ruled the candidate out before launch.
+  constraint ruled the candidate out before launch; stopped = its load was stopped early,
+  already worse than the incumbent beyond the noise (partial figures kept).
 * ``Measurement``: the load run's client-side summary plus the canary's server-side signals.
 * ``Trial``: one finished trial as persisted (``to_json``/``from_json``: the store document).
   ``subject`` says whom it measures: ``baseline`` (``measures_baseline``) or its point's key.
@@ -48,6 +49,7 @@ class TrialState(StrEnum):
     SLO = "slo"
     FAILED = "failed"
     REJECTED = "rejected"
+    STOPPED = "stopped"  # stopped early: already worse than the incumbent beyond the noise
 
 
 def subject_of(measures_baseline: bool, point: Mapping[str, Any]) -> str:
@@ -74,6 +76,9 @@ class Measurement(LoadSummary):
     kv_usage_mean: float = math.nan
     spec_decode_acceptance: float = math.nan
     server_generation_tokens: float = math.nan
+    #: The canary's KV cache (``vllm:cache_config_info``): tokens and block size.
+    kv_capacity_tokens: float = math.nan
+    kv_block_size: float = math.nan
 
     def to_json(self) -> dict[str, Any]:
         return {k: json_num(v) for k, v in asdict(self).items()}
