@@ -49,7 +49,7 @@ def test_no_limits_by_default(store: Store) -> None:
 def test_a_range_query_past_its_deadline_times_out(store: Store) -> None:
     clock = TickingClock(1.0)
     engine = Engine(store, limits=QueryLimits(timeout=30.0), clock=clock)
-    with pytest.raises(QueryTimeoutError, match="^query timed out in expression evaluation$"):
+    with pytest.raises(QueryTimeoutError, match=r"^query timed out in expression evaluation$"):
         engine.range("rate(m[1m])", T0, T0 + 1485, 15)  # 100 steps, one clock read each
     assert clock.now < 40  # stopped at the deadline, not after all 100 steps
     # a timeout is a QueryError (callers that only know QueryError still catch it)
@@ -64,8 +64,8 @@ def test_an_instant_query_inside_its_deadline_answers(store: Store) -> None:
 def test_too_many_samples_fetched(store: Store) -> None:
     # m[1h] at the end holds all 200 samples
     engine = Engine(store, limits=QueryLimits(max_samples=199))
-    with pytest.raises(QueryTooLargeError, match="^query processing would load too many samples "
-                       "into memory in query execution$"):
+    with pytest.raises(QueryTooLargeError, match=r"^query processing would load too many samples "
+                       r"into memory in query execution$"):
         engine.instant("sum_over_time(m[1h])", T0 + 1485)
     assert len(Engine(store, limits=QueryLimits(max_samples=200)).instant(
         "sum_over_time(m[1h])", T0 + 1485).vector) == 2
