@@ -37,7 +37,7 @@ from tuner.load.driver import ShouldStop
 from tuner.promql import Engine
 from tuner.scrape import scrape_target
 from tuner.signals import (
-    CACHE_CONFIG_INFO,
+    KV_CAPACITY_TOKENS,
     TRIAL_SIGNALS,
     kv_capacity_from_info,
     per_thousand_requests,
@@ -177,12 +177,15 @@ def server_signals(store: Store, instance: str, start_ms: int, end_ms: int) -> d
         for sig in TRIAL_SIGNALS
     }
     drafts = v["spec_draft_tokens"]
-    info = engine.instant(f"last_over_time({CACHE_CONFIG_INFO}{selector}[{window}])",
-                          end_ms / 1000.0).vector
-    capacity, block = kv_capacity_from_info([e.labels for e in info])
+    # the info series at mid-window: at its end the retired canary's series are stale
+    info = engine.instant(render_signal(KV_CAPACITY_TOKENS, selector, by="instance"),
+                          (start_ms + end_ms) / 2000.0).vector
+    sets = [e.labels for e in info]
+    capacity = kv_capacity_from_info(sets) if sets else None
+    blocks = [float(b) for s in sets if (b := s.get("block_size", "")).isdigit()]
     return {
-        "kv_capacity_tokens": capacity,
-        "kv_block_size": block,
+        "kv_capacity_tokens": math.nan if capacity is None else capacity,
+        "kv_block_size": max(blocks) if blocks else math.nan,
         "preemptions": v["preemptions"],
         "preemptions_per_1k_requests": per_thousand_requests(v["preemptions"], v["requests"])
         if not math.isnan(v["requests"])
@@ -354,7 +357,13 @@ def _stopper(step: Step, spec: LoadSpec, scraper: CanaryScraper, run: _Run
 
 def _evaluate(ctx: TrialContext, canary: Canary, run: _Run, result: LoadResult, instance: str,
               window_start: int, window_end: int) -> None:
-    """The measurement of a load run; a run with too many errors fails (``load_errors``)."""
+    """The measurement of a load run; a run with too many errors fails (``load_errors``).
+
+    Rejections (503s from admission control) are the server shedding load, not a broken
+    run: they count in the measurement's ``error_rate`` (checked against the SLO's error
+    rate when scoring) but not against ``load.max_error_rate``; a run where nothing
+    succeeded fails all the same.
+    """
     cfg = ctx.cfg
     summary = summarize(result)
     try:
@@ -364,12 +373,14 @@ def _evaluate(ctx: TrialContext, canary: Canary, run: _Run, result: LoadResult, 
         run.notes.append(f"server signals unavailable: {exc}")
     m = measurement_from(summary, signals, goodput(result, cfg.slo, float(summary.duration or 0)))
     run.measurement = m
-    if m.requests == 0 or m.error_rate > cfg.max_error_rate:
+    succeeded = m.requests - m.errors - m.rejections
+    if m.requests == 0 or m.errors / m.requests > cfg.max_error_rate or succeeded == 0:
         alive = canary.alive()
         run.reason = "load_errors"
         run.log_tail = (
-            f"{m.errors}/{m.requests} requests failed "
-            f"(error rate {m.error_rate:.0%} > {cfg.max_error_rate:.0%} allowed)"
+            f"{m.errors}/{m.requests} requests failed and {m.rejections}/{m.requests} were "
+            f"rejected with 503 (errors {m.errors / max(1, m.requests):.0%}, "
+            f"{cfg.max_error_rate:.0%} allowed; {succeeded} succeeded)"
             + ("" if alive else "; the server exited during the load")
             + "\n"
             + canary.log_tail()
