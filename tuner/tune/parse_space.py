@@ -1,9 +1,10 @@
 """tune.yaml's ``space`` and flag sections -> ``Space`` and flag mappings, with clear errors.
 
 Entries under ``space`` override the default knobs, switch on an optional knob (``{}`` takes
-its preset range), add knobs (integer, real with optional log scale, categorical), map a knob to another flag (``flag: num-gpu-blocks-override``) or
-drop a default knob (``null``). Every error names the file, the dotted key and what is
-allowed (a misspelt flag gets "did you mean"). ``expand_env`` fills in ``${VAR}`` and
+its preset range), add knobs (integer, real with optional log scale, categorical), map a
+knob to another flag (``flag: num-gpu-blocks-override``) or drop a default knob (``null``).
+Knobs over count caps take whole numbers >= 1. Every error names the file, the dotted key
+and what is allowed (a misspelt flag gets "did you mean"). ``expand_env`` fills in ``${VAR}`` and
 ``${VAR:-default}`` in string values.
 """
 
