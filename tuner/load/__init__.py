@@ -33,6 +33,7 @@ from tuner.load.results import (
     RequestRecord,
     chunk_itls,
     group_chunks,
+    records_csv,
     summarize,
 )
 from tuner.load.spec import (
@@ -63,6 +64,7 @@ __all__ = [
     "load_spec_from_workload",
     "make_client",
     "parse_sse_line",
+    "records_csv",
     "run_load",
     "run_load_sync",
     "summarize",

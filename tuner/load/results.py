@@ -154,3 +154,29 @@ def summarize(result: LoadResult) -> LoadSummary:
         max_stall_p99=_pct(stalls, 99),
         tokens_per_chunk=sum(chunks) / len(chunks) if chunks else math.nan,
     )
+
+
+# --------------------------------------------------------------------------- per request
+
+REQUEST_CSV_COLUMNS = ("start", "ok", "error", "prompt_tokens", "output_tokens", "ttft_s",
+                       "tpot_s", "max_stall_s", "e2e_s", "chunks", "chunk_tokens",
+                       "chunk_gaps_ms")
+
+
+def records_csv(records: Sequence[RequestRecord]) -> str:
+    """Per-request figures as CSV (``REQUEST_CSV_COLUMNS``; chunk lists space-separated)."""
+    import csv
+    import io
+
+    def num(v: float, digits: int = 6) -> str:
+        return "" if math.isnan(v) else f"{v:.{digits}g}"
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(REQUEST_CSV_COLUMNS)
+    for r in records:
+        w.writerow([f"{r.start:.3f}", int(r.ok), r.error, r.prompt_tokens, r.output_tokens,
+                    num(r.ttft), num(r.tpot), num(r.max_stall), num(r.e2e),
+                    len(r.chunk_tokens), " ".join(str(n) for n in r.chunk_tokens),
+                    " ".join(f"{g * 1000:.3f}" for g in r.chunk_gaps)])
+    return buf.getvalue()
