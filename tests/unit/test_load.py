@@ -344,6 +344,17 @@ def test_parse_real_vllm_stream() -> None:
     assert kinds[-1] == "done"
 
 
+def test_parse_real_vllm_stream_with_token_ids() -> None:
+    """Recorded from vLLM 0.32 CPU with return_token_ids: 5 events of one token each (the
+    first also carries the prompt's ids, the last the finish reason), usage, [DONE]."""
+    data = (STREAM.parent / "stream_completion_token_ids.txt").read_bytes()
+    events = [parse_sse_line(line) for line in data.split(b"\n")]
+    tokens = [e for e in events if e.kind == "token"]
+    assert [e.tokens for e in tokens] == [1] * 5
+    (usage,) = [e for e in events if e.kind == "usage"]
+    assert usage.completion_tokens == 5 and usage.prompt_tokens == 8
+
+
 @pytest.mark.parametrize(
     ("line", "kind"),
     [

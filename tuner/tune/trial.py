@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuner.canary import Canary, CanaryBackend, KubernetesCanary, LocalCanary
+from tuner.canary import Canary, CanaryBackend, CanaryHandle, KubernetesCanary, LocalCanary
 from tuner.config import Target
 from tuner.errors import CanaryFailed, TunerError
 from tuner.ingest import Ingest
@@ -207,7 +207,7 @@ def measurement_from(
 
 
 @dataclass
-class _Run:
+class TrialRun:
     """What measuring one canary gave: a failure reason (or ""), its log, the measurement."""
 
     notes: list[str]
@@ -259,10 +259,9 @@ def run_trial(
 
 
 def _measure(ctx: TrialContext, canary: Canary, number: int, step: Step,
-             timings: dict[str, float], t0: float) -> _Run | None:
+             timings: dict[str, float], t0: float) -> TrialRun | None:
     """Start the canary, load and scrape it, read its signals (None: interrupted)."""
-    cfg = ctx.cfg
-    run = _Run(list(step.notes))
+    run = TrialRun(list(step.notes))
     try:
         handle = canary.start()
     except CanaryFailed as exc:
@@ -272,6 +271,14 @@ def _measure(ctx: TrialContext, canary: Canary, number: int, step: Step,
     timings["start_s"] = time.perf_counter() - t0
     if ctx.stop.is_set():
         return None
+    return measure_canary(ctx, canary, handle, number, run, timings)
+
+
+def measure_canary(ctx: TrialContext, canary: Canary, handle: CanaryHandle, number: int,
+                   run: TrialRun, timings: dict[str, float]) -> TrialRun | None:
+    """Load and scrape a running canary as trial ``number``, then read its signals into
+    ``run`` (None: interrupted). The caller starts and stops the canary."""
+    cfg = ctx.cfg
     instance = f"trial-{number}"
     scraper = CanaryScraper(ctx.client, ctx.ingest, handle.metrics_url, instance,
                             cfg.canary.scrape_interval)
@@ -306,7 +313,7 @@ def _measure(ctx: TrialContext, canary: Canary, number: int, step: Step,
     return run
 
 
-def _write_requests(path: Path, result: LoadResult, run: _Run) -> None:
+def _write_requests(path: Path, result: LoadResult, run: TrialRun) -> None:
     """The per-request figures of a trial's load run, as CSV beside its log."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -315,7 +322,7 @@ def _write_requests(path: Path, result: LoadResult, run: _Run) -> None:
         run.notes.append(f"per-request figures not written to {path}: {exc.strerror or exc}")
 
 
-def _evaluate(ctx: TrialContext, canary: Canary, run: _Run, result: LoadResult, instance: str,
+def _evaluate(ctx: TrialContext, canary: Canary, run: TrialRun, result: LoadResult, instance: str,
               window_start: int, window_end: int) -> None:
     """The measurement of a load run; a run with too many errors fails (``load_errors``)."""
     cfg = ctx.cfg
