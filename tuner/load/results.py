@@ -8,6 +8,11 @@ TPOT ((e2e - TTFT) / (tokens - 1)), the longest stall (the largest gap between c
 chunk gaps with the number of tokens in each chunk, and the per-chunk ITL (gap / tokens in
 the chunk), so tokens that arrived in one read are not reported as microsecond "inter-token
 latencies" — no real decode step takes 13 µs.
+
+Failed requests are of two kinds, counted apart: *rejections* (the server refused the request
+with 503: admission control shedding load) and *errors* (everything else: other HTTP
+statuses, timeouts, broken streams). Both count in ``error_rate``, the fraction of requests
+that did not succeed, which is what an SLO's error rate is checked against.
 """
 
 from __future__ import annotations
@@ -80,6 +85,8 @@ class RequestRecord:
     def max_stall(self) -> float:
         """The longest gap between two chunks of the stream (NaN with fewer than 2 chunks)."""
         return max(self.chunk_gaps) if self.chunk_gaps else math.nan
+    #: Refused by the server's admission control (HTTP 503), not failed otherwise.
+    rejected: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,7 +101,11 @@ class LoadResult:
 
 @dataclass(frozen=True)
 class LoadSummary:
-    """Aggregates of a LoadResult; latencies over successful requests (NaN if none)."""
+    """Aggregates of a LoadResult; latencies over successful requests (NaN if none).
+
+    ``errors`` are failures other than rejections; ``error_rate`` is
+    ``(errors + rejections) / requests``; ``rejection_rate`` is ``rejections / requests``.
+    """
 
     requests: int
     errors: int
@@ -115,6 +126,8 @@ class LoadSummary:
     max_stall_p99: float = math.nan
     #: Mean tokens per chunk the client received (1.0: every token arrived on its own).
     tokens_per_chunk: float = math.nan
+    rejections: int = 0
+    rejection_rate: float = math.nan
 
 
 # --------------------------------------------------------------------------- summary
@@ -129,7 +142,8 @@ def summarize(result: LoadResult) -> LoadSummary:
     """Percentiles and rates of a load run (pure)."""
     recs = result.records
     ok = [r for r in recs if r.ok]
-    errors = len(recs) - len(ok)
+    rejections = sum(1 for r in recs if not r.ok and r.rejected)
+    failed = len(recs) - len(ok)
     duration = max(0.0, result.ended - result.started)
     out_tokens = sum(r.output_tokens for r in ok)
     itls = [x for r in ok for x in r.itls]
@@ -138,8 +152,8 @@ def summarize(result: LoadResult) -> LoadSummary:
     stalls = [r.max_stall for r in ok if not math.isnan(r.max_stall)]
     return LoadSummary(
         requests=len(recs),
-        errors=errors,
-        error_rate=errors / len(recs) if recs else math.nan,
+        errors=failed - rejections,
+        error_rate=failed / len(recs) if recs else math.nan,
         output_tokens=out_tokens,
         output_tok_per_s=out_tokens / duration if duration > 0 else math.nan,
         request_rate=len(ok) / duration if duration > 0 else math.nan,
@@ -153,6 +167,8 @@ def summarize(result: LoadResult) -> LoadSummary:
         tpot_p99=_pct(tpots, 99),
         max_stall_p99=_pct(stalls, 99),
         tokens_per_chunk=sum(chunks) / len(chunks) if chunks else math.nan,
+        rejections=rejections,
+        rejection_rate=rejections / len(recs) if recs else math.nan,
     )
 
 

@@ -26,6 +26,8 @@ _TUNE_CSV_METRICS = (
     "error_rate",
     "requests",
     "errors",
+    "rejections",
+    "rejection_rate",
     "preemptions",
     "preemptions_per_1k_requests",
     "kv_usage_max",
@@ -53,6 +55,13 @@ def fmt_number(v: object, digits: int = 4) -> str:
             return ""
         return f"{v:.{digits}g}"
     return str(v)
+
+
+def _count_of(m: Any, name: str) -> str:
+    """``n/requests`` for a trial's rejections or errors ("-" without a measurement)."""
+    if m is None:
+        return "-"
+    return f"{getattr(m, name)}/{m.requests}"
 
 
 def render_tune_csv(outcome: Any) -> str:
@@ -290,14 +299,15 @@ def render_tune_report(outcome: Any) -> str:
     lines.append("")
     knobs = [k.name for k in cfg.space.knobs]
     lines.append("| # | kind | state | " + " | ".join(knobs) +
-                 f" | {unit} | p99 TTFT | p99 ITL | reason |")
-    lines.append("|" + " --- |" * (7 + len(knobs)))
+                 f" | {unit} | p99 TTFT | p99 ITL | rejected (503) | errors | reason |")
+    lines.append("|" + " --- |" * (9 + len(knobs)))
     for t in outcome.trials:
         m = t.measurement
         vals = " | ".join(knob_cell(t, k) for k in cfg.space.knobs)
         lines.append(
             f"| {t.number} | {t.kind} | {t.state} | {vals} | {fmt_value(t.objective, unit)} | "
             f"{fmt_ms(m.ttft_p99 if m else None)} | {fmt_ms(m.itl_p99 if m else None)} | "
+            f"{_count_of(m, 'rejections')} | {_count_of(m, 'errors')} | "
             f"{t.reason or ', '.join(sorted(t.violations))} |"
         )
     failed = [t for t in outcome.trials if t.state == "failed" and t.log_tail]
