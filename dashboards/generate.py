@@ -18,7 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tuner.provision import repo_files, sync_generated  # noqa: E402
+from tuner.generated import sync_generated  # noqa: E402
+from tuner.provision import repo_files  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,14 @@ class QueryError(TunerError):
     """A PromQL expression is outside the supported subset or failed to evaluate."""
 
 
+class QueryTimeoutError(QueryError):
+    """A query ran past its deadline (Prometheus's ``query timed out in ...``)."""
+
+
+class QueryTooLargeError(QueryError):
+    """A query would hold more samples than the engine's limit (Prometheus's max_samples)."""
+
+
 class ProvisionError(TunerError):
     """Provisioning files could not be written (unwritable or foreign files in the way)."""
 

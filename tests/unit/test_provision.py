@@ -13,8 +13,9 @@ from tuner import dashboards
 from tuner.cli import main
 from tuner.config import SLO, TTFT_BUCKETS, load_config, parse_config, snap_to_bucket
 from tuner.errors import ProvisionError
+from tuner.generated import MANIFEST
 from tuner.promql import check_expr
-from tuner.provision import MANIFEST, provision, render_all, repo_files, rule_files
+from tuner.provision import provision, render_all, repo_files, rule_files
 from tuner.signals import le_regex
 
 REPO = Path(__file__).resolve().parents[2]

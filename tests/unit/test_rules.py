@@ -17,8 +17,9 @@ import pytest
 
 from tuner.cli import main
 from tuner.config import SLO
+from tuner.generated import sync_generated
 from tuner.promql import Engine
-from tuner.provision import repo_files, sync_generated
+from tuner.provision import repo_files
 from tuner.rules import (
     GENERATED_MARKERS,
     STATE_DOCUMENT_KIND,
@@ -643,7 +644,7 @@ def test_rules_render_check_of_the_checkout_is_the_committed_drift_check(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Without --out, in a checkout, the command renders into the repository's rules/: the
-    same writer (tuner.provision.sync_generated) that dashboards/generate.py runs."""
+    same writer (tuner.generated.sync_generated) that dashboards/generate.py runs."""
     assert main(["rules", "render", "--check"]) == 0
     assert f"{RULES}: 0 of 3 rule file(s) differ" in capsys.readouterr().out
     result = sync_generated(REPO, repo_files(), check=True)

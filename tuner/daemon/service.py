@@ -41,6 +41,7 @@ from tuner.web import (
     Route,
     StatusPage,
     TuningProgress,
+    WebConfigWatcher,
     WebServer,
     text_response,
 )
@@ -109,6 +110,7 @@ class Daemon:
         # a bad suggest.schedule refuses to start before anything is opened
         self._suggest_trigger = suggest_trigger(config) if config.suggest.schedule else None
         self.tuning = TuningWindow(config) if config.tune.schedule else None
+        security = WebConfigWatcher(config.web_config_file)  # a bad web config refuses to start
         self.store = store or Store(
             config.store.path, config.store.retention, config.store.max_bytes, clock=clock
         )
@@ -123,7 +125,7 @@ class Daemon:
         self.web = WebServer(host, port, [
             Route("/metrics", self._metrics_endpoint),
             Route("/healthz", self._healthz_endpoint),
-        ])
+        ], security, open_paths=("/healthz",) if config.healthz_open else ())
         self._started = False
         self.last_cycle: float | None = None
         self.stopped = threading.Event()

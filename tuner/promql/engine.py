@@ -4,16 +4,22 @@
 ``/api/v1/query_range``. A query parses once (parses are memoised), fetches every selector's
 series once for its whole time span (``Fetched``), then evaluates each step from memory. With
 ``cache=True`` the engine reads through a :class:`~tuner.promql.cache.WindowCache`, for a
-long-lived rule evaluator whose windows slide forward.
+long-lived rule evaluator whose windows slide forward. ``limits`` (``tuner.promql.limits``)
+bound each query's run time and the samples it holds, as Prometheus's ``--query.timeout`` and
+``--query.max-samples`` do; the default has no limits.
 """
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
 
 import numpy as np
 
 from tuner.errors import QueryError
 from tuner.promql.cache import WindowCache
 from tuner.promql.evaluator import Evaluator, Fetched
+from tuner.promql.limits import UNLIMITED, Budget, QueryLimits
 from tuner.promql.parser import parse_expr, selectors
 from tuner.promql.results import Element, QueryResult, RangeSeries, SeriesReader, ValueType
 from tuner.promql.syntax import TYPE_NAMES, Expr, MatrixSelector, S, V, type_of
@@ -40,15 +46,19 @@ class Engine:
     """
 
     def __init__(self, reader: SeriesReader, lookback_delta: float = 300.0, *,
-                 cache: bool = False, cache_tail: float = 300.0) -> None:
+                 cache: bool = False, cache_tail: float = 300.0,
+                 limits: QueryLimits = UNLIMITED,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.lookback_delta = lookback_delta
+        self.limits = limits
+        self.clock = clock
         self.reader: SeriesReader = (
             WindowCache(reader, tail_ms=_to_ms(cache_tail)) if cache else reader)
 
     def _expr(self, expr: str | Expr) -> Expr:
         return parse_expr(expr) if isinstance(expr, str) else expr
 
-    def _prefetch(self, e: Expr, start_ms: int, end_ms: int) -> Fetched:
+    def _prefetch(self, e: Expr, start_ms: int, end_ms: int, budget: Budget) -> Fetched:
         data = Fetched(self.reader)
         lookback = _to_ms(self.lookback_delta)
         for sel in selectors(e):
@@ -56,15 +66,21 @@ class Engine:
                 off, span = sel.selector.offset_ms, sel.range_ms
             else:
                 off, span = sel.offset_ms, lookback
-            data.fetch(sel, start_ms - off - span, end_ms - off)
+            budget.check_time()
+            if sel not in data.series:
+                data.fetch(sel, start_ms - off - span, end_ms - off)
+                budget.add_samples(sum(len(s.ts) for s in data.series[sel]))
+        budget.check_time()
         return data
 
     def instant(self, expr: str | Expr, ts: float) -> QueryResult:
         """Evaluate at ``ts`` (unix seconds), like Prometheus's /api/v1/query."""
         e = self._expr(expr)
         ts_ms = _to_ms(ts)
-        data = self._prefetch(e, ts_ms, ts_ms)
+        budget = Budget(self.limits, self.clock)
+        data = self._prefetch(e, ts_ms, ts_ms, budget)
         val = Evaluator(data, ts_ms, _to_ms(self.lookback_delta)).eval(e)
+        budget.check_time()
         if isinstance(val, float):
             return QueryResult(ValueType.SCALAR, scalar=val)
         if isinstance(val, str):
@@ -86,18 +102,22 @@ class Engine:
             raise QueryError(f"invalid expression type {TYPE_NAMES[t]!r} for range query, "
                              "must be scalar or instant vector")
         start_ms, end_ms, step_ms = _to_ms(start), _to_ms(end), _to_ms(step)
-        data = self._prefetch(e, start_ms, end_ms)
+        budget = Budget(self.limits, self.clock)
+        data = self._prefetch(e, start_ms, end_ms, budget)
         lookback = _to_ms(self.lookback_delta)
         acc: dict[Labels, tuple[list[int], list[float]]] = {}
         ts = start_ms
         while ts <= end_ms:
             val = Evaluator(data, ts, lookback).eval(e)
+            budget.check_time()
             if isinstance(val, float):
+                budget.add_samples(1)
                 pts = acc.setdefault(EMPTY_LABELS, ([], []))
                 pts[0].append(ts)
                 pts[1].append(val)
             else:
                 assert isinstance(val, Vec)
+                budget.add_samples(len(val))
                 for lb, v in zip(val.labels, val.values.tolist(), strict=True):
                     pts = acc.setdefault(lb, ([], []))
                     pts[0].append(ts)
