@@ -14,7 +14,7 @@ from tuner.config import Config
 from tuner.errors import TunerError
 from tuner.notify import Notifier
 from tuner.promql import Engine, Querier
-from tuner.rules import RuleEngine, load_configured_rules
+from tuner.rules import AlertState, RuleEngine, load_configured_rules
 from tuner.store import Store
 
 log = logging.getLogger("tuner.daemon")
@@ -98,6 +98,11 @@ class Alerting:
                 log.error("rule evaluation: %s", err)
             self.notifier.send(report.to_send)
             self.duration.set(time.monotonic() - start)
+
+    def current_alerts(self) -> list[AlertState]:
+        """Pending and firing alerts now (the status page's view), read under the job's lock."""
+        with self._lock:
+            return self.engine.alerts(include_resolved=False)
 
     def reload(self) -> bool:
         """Load the rules again; on error keep the last good rules and log why."""

@@ -1,4 +1,5 @@
-"""The sidecar daemon: scrape targets on a schedule into the store, serve /metrics and /healthz.
+"""The sidecar daemon: scrape targets on a schedule into the store, serve /metrics and /healthz
+(and the status page at ``/``, ``tuner.web.page``).
 
 ``Daemon`` wires the pieces together with APScheduler (3.x): a scrape job every
 ``scrape_interval`` and a retention job every minute; other features (rule evaluation,
@@ -33,7 +34,17 @@ from tuner.errors import StoreError, TunerError
 from tuner.ingest import Ingest, IngestReport
 from tuner.scrape import ScrapeOutcome, scrape_all, target_clients
 from tuner.store import Store
-from tuner.web import Request, Response, Route, WebConfigWatcher, WebServer, text_response
+from tuner.web import (
+    PageSources,
+    Request,
+    Response,
+    Route,
+    StatusPage,
+    TuningProgress,
+    WebConfigWatcher,
+    WebServer,
+    text_response,
+)
 
 log = logging.getLogger("tuner.daemon")
 
@@ -125,6 +136,9 @@ class Daemon:
         except TunerError:
             self.store.close()  # bad rules: refuse to start
             raise
+        self.page = StatusPage(PageSources(config, self.store.path, self.alerting.current_alerts,
+                                           self._tuning_progress, clock))
+        self.web.add_routes(self.page.routes())
 
     # -- one scrape cycle ------------------------------------------------------------
 
@@ -270,6 +284,13 @@ class Daemon:
             raise TunerError("daemon not started")
         return self.web.address
 
+    def _tuning_progress(self) -> TuningProgress | None:
+        if self.tuning is None:
+            return None
+        job = self.scheduler.get_job("tune") if self.scheduler.running else None
+        next_run = job.next_run_time.timestamp() if job is not None and job.next_run_time else None
+        return self.tuning.progress(next_run)
+
     def _metrics_endpoint(self, _request: Request) -> Response:
         return Response(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
 
@@ -287,6 +308,7 @@ class Daemon:
         with self._lock:
             self._count(self.ingest.flush())
         self.web.stop()
+        self.page.close()
         self._pool.shutdown(wait=True)
         for c in {*self.clients.values(), *([self.client] if self.client else [])}:
             c.close()
