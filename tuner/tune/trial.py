@@ -272,7 +272,9 @@ def _measure(ctx: TrialContext, canary: Canary, number: int, step: Step,
         handle = canary.start()
     except CanaryFailed as exc:
         timings["start_s"] = time.perf_counter() - t0
-        run.reason, run.log_tail = exc.reason, exc.log_tail
+        # The canary's own account (e.g. which flag vLLM refused) ends the tail, where the
+        # report's excerpt of a failed trial looks.
+        run.reason, run.log_tail = exc.reason, f"{exc.log_tail}\ntuner: {exc.message}".lstrip()
         return run
     timings["start_s"] = time.perf_counter() - t0
     if ctx.stop.is_set():
