@@ -146,6 +146,8 @@ class TargetData:
     restarts: tuple[float, ...] = ()  # restart times without a config change
     workload: Mapping[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    #: Admission rejections over the window by ``reason`` (unknown reasons kept).
+    rejections_by_reason: Mapping[str, float] = field(default_factory=dict)
 
     def get(self, name: str) -> np.ndarray:
         arr = self.series.get(name)
