@@ -291,7 +291,6 @@ def spec_acceptance_by_batch(v: WindowView) -> Finding | None:
 FINDINGS: tuple[FindingRule, ...] = (
     admission_rejections,
     request_errors,
-    error_rate_unknown,
     kv_saturated_with_queue,
     preemptions,
     ttft_slo_breach,
@@ -309,6 +308,7 @@ FINDINGS: tuple[FindingRule, ...] = (
     spec_acceptance_by_batch,
     model_len_unused,
     ttft_queue_uncapped,
+    error_rate_unknown,
 )
 """Every finding rule, in the order the report lists findings."""
 

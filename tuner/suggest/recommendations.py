@@ -47,6 +47,10 @@ Findings = Mapping[FindingId, Finding]
 class Rule(StrEnum):
     """The recommendation rules; the resolver refers to proposals by rule."""
 
+    QUEUED_REQS_UP = "queued_reqs_up"
+    QUEUED_TOKENS_UP = "queued_tokens_up"
+    REPLICAS = "replicas"
+    QUEUED_TOKENS_CAP = "queued_tokens_cap"
     SEQS_DOWN = "seqs_down"
     SEQS_UP = "seqs_up"
     GMU_DOWN = "gmu_down"
@@ -56,10 +60,6 @@ class Rule(StrEnum):
     MML_DOWN = "mml_down"
     SPEC = "spec"
     SPEC_SCHEDULE = "spec_schedule"
-    QUEUED_REQS_UP = "queued_reqs_up"
-    QUEUED_TOKENS_UP = "queued_tokens_up"
-    REPLICAS = "replicas"
-    QUEUED_TOKENS_CAP = "queued_tokens_cap"
 
 
 @dataclass(frozen=True)
