@@ -202,7 +202,7 @@ def build_points(sc: Scenario) -> Iterator[Point]:
     for reason, share in sc.reject_reasons:
         refused = refused + rate * share
         add("vllm:admission_rejections_total",
-            tuple(sorted(base_no_engine + (("reason", reason),))), counter(rate * share))
+            tuple(sorted((*base_no_engine, ("reason", reason)))), counter(rate * share))
     http = (("handler", "/v1/completions"), ("method", "POST"))
     add("http_requests_total", tuple(sorted(api + http + (("status", "2xx"),))),
         counter(rate))

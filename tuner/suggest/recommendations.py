@@ -411,21 +411,23 @@ def speculative_schedule(v: WindowView, findings: Findings) -> Rec | Skip | None
     seqs = as_number(v.current("max-num-seqs").value)
     schedule: list[list[int]] = []
     for i, (first, last, rate, _) in enumerate(bins):
-        lo = 1 if i == 0 else schedule[-1][1] + 1
-        hi = max(last, int(seqs or last)) if i == len(bins) - 1 else last
         kk = _spec_k(rate, best, int(k.value))
+        lo = 1 if i == 0 else schedule[-1][1] + 1
+        if schedule and kk > schedule[-1][2]:  # unmeasured sizes between take the smaller K
+            schedule[-1][1] = first - 1
+            lo = first
+        hi = max(last, int(seqs or last)) if i == len(bins) - 1 else last
         if schedule and schedule[-1][2] == kk:
             schedule[-1][1] = hi
         else:
             schedule.append([lo, hi, kk])
-        del first
     measured = ", ".join(f"{a}-{b}: {r:.0%}" for a, b, r, _ in bins)
     return Rec(
         "--speculative-config num_speculative_tokens_per_batch_size", k.value, k.source,
         schedule, DOWN,
         f"acceptance by running batch size ({measured}) differs enough that one K does not "
         f"fit all: K scales with acceptance relative to the best ({best:.0%}), 0 below "
-        f"{SPEC_OFF_RATE:.0%}",
+        f"{SPEC_OFF_RATE:.0%}; unmeasured sizes take the smaller neighbouring K",
         "draft work where it is accepted, none where it is wasted (mind the upstream note: "
         "switching schedule ranges can change CUDA-graph modes)",
         MEDIUM, (F.SPEC_ACCEPTANCE_BY_BATCH,))
