@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tuner.errors import QueryError
-from tuner.promql import Engine, Subquery, parse_expr
+from tuner.errors import QueryError, QueryTimeoutError
+from tuner.promql import Engine, QueryLimits, Subquery, parse_expr
 from tuner.promql.timing import resolve, selector_spans, subquery_grid
 from tuner.store import Store
 
@@ -235,3 +235,12 @@ def test_label_join_math_and_date_functions(store: Store) -> None:
     assert math.isnan(one(e, "asin(v)", 10))
     assert e.instant("pi()", T0).scalar == math.pi
     assert np.isclose(one(e, "atanh(v / 4)", 10), math.atanh(-0.5))
+
+
+def test_a_long_subquery_stops_at_the_query_deadline(counter: Engine, store: Store) -> None:
+    """An instant query is one step, so the subquery's grid checks the deadline itself."""
+    ticks = iter(range(10**6))
+    engine = Engine(store, limits=QueryLimits(timeout=30.0), clock=lambda: float(next(ticks)))
+    with pytest.raises(QueryTimeoutError, match="query timed out in expression evaluation"):
+        engine.instant("max_over_time(rate(x[5m])[2h:1s])", T0 + 7200)  # 7,201 grid points
+    assert next(ticks) < 100  # stopped at the deadline, not after the whole grid

@@ -12,6 +12,7 @@ anything malformed). The modules, in the order a query flows through them:
 * ``evaluator`` — one expression at one timestamp: selectors with lookback and stale markers,
   ``offset`` and ``@``, subqueries, functions (``functions``: the numeric ones, pure),
   ``aggregation`` (pure); ``matching`` — binary operators between vectors;
+* ``limits`` — a query's deadline and sample bound (Prometheus's query timeout and max samples);
 * ``results`` — what a query returns, and the Protocols at the seams: :class:`SeriesReader`
   (where samples come from) and :class:`Querier` (anything that answers PromQL, the type every
   consumer in the package takes).
@@ -23,6 +24,7 @@ from tuner.promql.cache import WindowCache
 from tuner.promql.engine import Engine
 from tuner.promql.functions import bucket_quantile, parse_go_float
 from tuner.promql.lexer import parse_duration_ms
+from tuner.promql.limits import DEFAULT_MAX_SAMPLES, DEFAULT_TIMEOUT, QueryLimits
 from tuner.promql.parser import check_expr, parse_expr, selectors
 from tuner.promql.results import (
     Element,
@@ -46,6 +48,8 @@ from tuner.promql.syntax import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_SAMPLES",
+    "DEFAULT_TIMEOUT",
     "Aggregate",
     "Binary",
     "Call",
@@ -55,6 +59,7 @@ __all__ = [
     "MatrixSelector",
     "NumberLiteral",
     "Querier",
+    "QueryLimits",
     "QueryResult",
     "RangeSeries",
     "SeriesReader",

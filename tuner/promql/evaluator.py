@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 
 import numpy as np
 
@@ -76,6 +77,7 @@ class Fetched:
         # a subquery's inner result per (subquery, time): each grid point is computed once,
         # however many steps of a range query (or repeats of the subquery) read it
         self.inner: dict[tuple[Subquery, int], Vec] = {}
+        self.check_time: Callable[[], None] = lambda: None  # the query's deadline check
 
     def fetch(self, sel: VectorSelector | MatrixSelector, start_ms: int, end_ms: int) -> None:
         if sel in self.series:
@@ -186,6 +188,7 @@ class Evaluator:
             key = (sq, t)
             val = self.data.inner.get(key)
             if val is None:
+                self.data.check_time()
                 inner = Evaluator(self.data, t, self.lookback).eval(sq.expr)
                 assert isinstance(inner, Vec)
                 val = self.data.inner[key] = inner
