@@ -11,7 +11,8 @@ no connection is left per request thread. A store that is locked or otherwise un
 so, with what does not need the store (alerts, tuning) still shown; never a ``500``. The
 suggest report is the daemon's newest scheduled one (``suggest.schedule``) or else one the
 page computes over the last hour in a background thread every ``suggest_every`` seconds,
-never per request. A rendered page is reused for ``cache_seconds``.
+never per request. A rendered page is reused for ``cache_seconds``; the charts (an hour at a
+60 s step, aligned to the minute) are recomputed once a minute.
 """
 
 from __future__ import annotations
@@ -117,6 +118,9 @@ class StatusPage:
         self._suggest_future: Future[SuggestView] | None = None
         self._computed: SuggestView | None = None
         self._computed_at: float | None = None
+        # charts are at a 60 s step aligned to the minute: reuse them within the minute
+        self.chart_cache = True
+        self._charts: tuple[float, dict[str, tuple[SignalChart, ...]]] | None = None
 
     def routes(self) -> list[Route]:
         return [Route("/", self.index), Route(PLOT_ROUTE, self.plot)]
@@ -166,7 +170,7 @@ class StatusPage:
                             suggest=self._computed_view(now, None))
         try:
             status = status_from_store(self.sources.config, store, now)
-            charts = _charts(store, status.signals, start, now)
+            charts = self._charts_at(store, status.signals, now)
             scheduled = _latest_scheduled(store)
         except (StoreError, sqlite3.Error, TunerError) as exc:
             return replace(base, store_error=store_busy_reason(exc),
@@ -175,6 +179,21 @@ class StatusPage:
             store.close()
         return replace(base, status=status, charts=charts,
                         suggest=self._computed_view(now, scheduled))
+
+    def _charts_at(self, store: Store, now_values: dict[str, dict[str, float]],
+                   now: float) -> dict[str, tuple[SignalChart, ...]]:
+        """The last hour of each signal, recomputed once a minute (current values each time)."""
+        end = now // CHART_STEP * CHART_STEP
+        if not self.chart_cache or self._charts is None or self._charts[0] != end:
+            self._charts = (end, _charts(store, end - CHART_WINDOW, end))
+        out = {inst: tuple(replace(c, value=now_values.get(inst, {}).get(c.signal.name))
+                           for c in charts)
+               for inst, charts in self._charts[1].items()}
+        for inst, values in now_values.items():  # new since the charts were computed
+            if inst not in out:
+                out[inst] = tuple(SignalChart(sig, values[sig.name], ())
+                                  for sig in STATUS_SIGNALS if sig.name in values)
+        return dict(sorted(out.items()))
 
     # -- suggest ------------------------------------------------------------------------
 
@@ -240,8 +259,7 @@ def _latest_scheduled(store: Store) -> dict[str, Any] | None:
     return reports[0] if reports else None
 
 
-def _charts(store: Store, now_values: dict[str, dict[str, float]], start: float,
-            end: float) -> dict[str, tuple[SignalChart, ...]]:
+def _charts(store: Store, start: float, end: float) -> dict[str, tuple[SignalChart, ...]]:
     """Each status signal of each instance over [start, end] as chart points."""
     engine = Engine(store)
     series: dict[str, dict[str, tuple[tuple[float, float], ...]]] = {}
@@ -249,12 +267,8 @@ def _charts(store: Store, now_values: dict[str, dict[str, float]], start: float,
         for s in engine.range(sig.expr, start, end, CHART_STEP):
             pts = tuple(zip(s.timestamps.tolist(), s.values.tolist(), strict=True))
             series.setdefault(s.labels.get("instance", ""), {})[sig.name] = pts
-    instances = set(series) | set(now_values)
     return {
-        inst: tuple(
-            SignalChart(sig, now_values.get(inst, {}).get(sig.name),
-                        series.get(inst, {}).get(sig.name, ()))
-            for sig in STATUS_SIGNALS
-            if sig.name in now_values.get(inst, {}) or sig.name in series.get(inst, {}))
-        for inst in sorted(instances)
+        inst: tuple(SignalChart(sig, None, by_name[sig.name])
+                    for sig in STATUS_SIGNALS if sig.name in by_name)
+        for inst, by_name in sorted(series.items())
     }
