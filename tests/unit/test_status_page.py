@@ -134,6 +134,7 @@ def test_a_locked_store_gives_a_page_that_says_so_not_a_500(filled: Any) -> None
         assert "The store cannot be read now" in r.text and "locked" in r.text
         assert "StillShown" in r.text and "alerts come from memory" in r.text
         assert "<html" in r.text and 'id="store-busy"' in r.text
+        assert page._suggest_future is None  # no suggest run started against a locked store
         locker.execute("ROLLBACK")
         locker.close()  # exclusive mode keeps the lock until the connection closes
         r = httpx.get(url + "/", trust_env=False, timeout=30)

@@ -157,7 +157,11 @@ class StatusPage:
         except Exception as exc:  # the page must render even if the rule state cannot be read
             log.exception("status page: reading alerts failed")
             alerts_error = f"alerts unavailable: {exc}"
-        tuning = self.sources.tuning()
+        tuning: TuningProgress | None = None
+        try:
+            tuning = self.sources.tuning()
+        except Exception:  # as for alerts: one section missing, not a 500
+            log.exception("status page: reading the tuning window failed")
         run = latest_tune_run(self.sources.config.tune.out)
         tune_report = read_tune_report(run) if run is not None else None
         base = PageData(now=now, chart_start=start, alerts=alerts, alerts_error=alerts_error,
@@ -167,46 +171,52 @@ class StatusPage:
                           busy_timeout=self.busy_timeout)
         except StoreError as exc:
             return replace(base, store_error=store_busy_reason(exc),
-                            suggest=self._computed_view(now, None))
+                           suggest=self._computed_view(now, None, refresh=False))
         try:
             status = status_from_store(self.sources.config, store, now)
             charts = self._charts_at(store, status.signals, now)
             scheduled = _latest_scheduled(store)
         except (StoreError, sqlite3.Error, TunerError) as exc:
             return replace(base, store_error=store_busy_reason(exc),
-                            suggest=self._computed_view(now, None))
+                           suggest=self._computed_view(now, None, refresh=False))
         finally:
             store.close()
         return replace(base, status=status, charts=charts,
-                        suggest=self._computed_view(now, scheduled))
+                       suggest=self._computed_view(now, scheduled))
 
     def _charts_at(self, store: Store, now_values: dict[str, dict[str, float]],
                    now: float) -> dict[str, tuple[SignalChart, ...]]:
-        """The last hour of each signal, recomputed once a minute (current values each time)."""
+        """The last hour of each signal, recomputed once a minute; the value now (evaluated at
+        every render) is each chart's last point."""
         end = now // CHART_STEP * CHART_STEP
         if not self.chart_cache or self._charts is None or self._charts[0] != end:
             self._charts = (end, _charts(store, end - CHART_WINDOW, end))
-        out = {inst: tuple(replace(c, value=now_values.get(inst, {}).get(c.signal.name))
-                           for c in charts)
-               for inst, charts in self._charts[1].items()}
-        for inst, values in now_values.items():  # new since the charts were computed
-            if inst not in out:
-                out[inst] = tuple(SignalChart(sig, values[sig.name], ())
-                                  for sig in STATUS_SIGNALS if sig.name in values)
-        return dict(sorted(out.items()))
+        history = self._charts[1]
+        out: dict[str, tuple[SignalChart, ...]] = {}
+        for inst in sorted(set(history) | set(now_values)):
+            past = {c.signal.name: c.points for c in history.get(inst, ())}
+            values = now_values.get(inst, {})
+            out[inst] = tuple(
+                SignalChart(sig, values.get(sig.name),
+                            past.get(sig.name, ()) + _point(now, values.get(sig.name)))
+                for sig in STATUS_SIGNALS if sig.name in past or sig.name in values)
+        return out
 
     # -- suggest ------------------------------------------------------------------------
 
-    def _computed_view(self, now: float, scheduled: dict[str, Any] | None) -> SuggestView:
-        """The scheduled report if there is one, else the page's own, refreshed when stale."""
+    def _computed_view(self, now: float, scheduled: dict[str, Any] | None,
+                       refresh: bool = True) -> SuggestView:
+        """The scheduled report if there is one, else the page's own, refreshed when stale
+        (not while the store cannot be read: that run would only report the lock)."""
         if scheduled is not None:
             return SuggestView(SuggestOrigin.SCHEDULED, scheduled)
         fut = self._suggest_future
         if fut is not None and fut.done():
-            self._computed = fut.result()
             self._suggest_future = None
+            if not fut.cancelled():
+                self._computed = fut.result()  # _compute_suggest catches everything
         stale = self._computed_at is None or now - self._computed_at >= self.suggest_every
-        if stale and self._suggest_future is None:
+        if refresh and stale and self._suggest_future is None:
             self._computed_at = now
             with suppress(RuntimeError):  # closed: the daemon is stopping
                 self._suggest_future = self._suggest_pool.submit(self._compute_suggest, now)
@@ -250,6 +260,10 @@ class StatusPage:
         except OSError:
             return text_response(404, f"no such plot: {request.path}\n")
         return Response(200, body, "image/png", (("Cache-Control", "max-age=300"),))
+
+
+def _point(ts: float, value: float | None) -> tuple[tuple[float, float], ...]:
+    return () if value is None else ((ts, value),)
 
 
 def _latest_scheduled(store: Store) -> dict[str, Any] | None:
