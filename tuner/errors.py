@@ -15,6 +15,11 @@ class ConfigError(TunerError):
     exit_code = 2
 
 
+class SecretFileError(TunerError):
+    """A secret file (password, token, key) cannot be read and no earlier value is known; the
+    message names the file, never its content."""
+
+
 class ExpositionError(TunerError):
     """A /metrics body could not be parsed (malformed, truncated)."""
 

@@ -42,7 +42,7 @@ class Alerting:
         if config.prometheus_url:
             from tuner.source import PrometheusSource
 
-            querier = PrometheusSource(config.prometheus_url)
+            querier = PrometheusSource(config.prometheus_url, http=config.prometheus_http)
             writer: Store | None = None
         else:
             # long-lived evaluator over a store that grows at its end: cache read windows
@@ -57,7 +57,8 @@ class Alerting:
         if restored:
             log.info("rules: restored %d alerts from the store", restored)
         timeout = min((am.timeout for am in config.alertmanagers), default=10.0)
-        self.notifier = Notifier([am.url for am in config.alertmanagers], timeout=timeout)
+        self.notifier = Notifier([am.url for am in config.alertmanagers],
+                                 http=[am.http for am in config.alertmanagers], timeout=timeout)
         self._lock = threading.Lock()
         self.evaluations = Counter("tuner_rule_evaluations", "Rule evaluation cycles.",
                                    registry=registry)

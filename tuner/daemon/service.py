@@ -32,7 +32,7 @@ from tuner.daemon.triggers import now_dt, suggest_trigger
 from tuner.daemon.tuning import TuningWindow
 from tuner.errors import StoreError, TunerError
 from tuner.ingest import Ingest, IngestReport
-from tuner.scrape import ScrapeOutcome, make_client, scrape_all
+from tuner.scrape import ScrapeOutcome, scrape_all, target_clients
 from tuner.store import Store
 from tuner.web import (
     PageSources,
@@ -114,7 +114,9 @@ class Daemon:
         self.store = store or Store(
             config.store.path, config.store.retention, config.store.max_bytes, clock=clock
         )
-        self.client = client or make_client(max(4, 2 * len(config.targets)))
+        self.client = client  # one client for every target (tests), else one per http config
+        self.clients = target_clients(config.targets, max(4, 2 * len(config.targets))) if (
+            client is None) else {}
         self.registry = CollectorRegistry()
         self.metrics = DaemonMetrics(self.registry)
         self.scheduler = BackgroundScheduler(timezone="UTC")
@@ -143,7 +145,7 @@ class Daemon:
     def scrape_once(self) -> list[ScrapeOutcome]:
         """Scrape every target once and store what came back (and ``up``) — never raises."""
         outcomes = scrape_all(
-            self.client,
+            self.client if self.client is not None else self.clients,
             self.config.targets,
             self.config.scrape_timeout,
             self.config.max_exposition_bytes,
@@ -308,7 +310,8 @@ class Daemon:
         self.web.stop()
         self.page.close()
         self._pool.shutdown(wait=True)
-        self.client.close()
+        for c in {*self.clients.values(), *([self.client] if self.client else [])}:
+            c.close()
         self.store.close()
         self.stopped.set()
 
