@@ -590,3 +590,25 @@ TRIAL_LATENCY_SIGNALS: tuple[Signal, ...] = (
 read the same way): TTFT, ITL and queue time, beside the load client's per-request figures.
 Quantiles interpolate inside the histogram's buckets (vLLM's ITL buckets start at 10 ms), so
 small values are coarse; ``server_itl_mean`` is exact."""
+
+
+# -- what suggest reads besides its window signals (refusals, failures, acceptance by step) --
+
+ADMISSION_REJECTIONS_BY_REASON = Signal(
+    "admission_rejections_by_reason",
+    "sum by ($BY, reason) (increase(vllm:admission_rejections_total$SEL[$W]))",
+    "requests", "Requests refused by admission control over the window, one series per reason "
+    "(unknown reasons kept).", ("reason",))
+SPEC_ACCEPTANCE_RATE = Signal(
+    "spec_acceptance",
+    "sum by ($BY) (rate(vllm:spec_decode_num_accepted_tokens_total$SEL[$W]))"
+    " / sum by ($BY) (rate(vllm:spec_decode_num_draft_tokens_total$SEL[$W]))",
+    "ratio", "Speculative draft tokens accepted / proposed over each step's window (read "
+    "against the running batch size for a per-batch-size schedule).")
+
+SUGGEST_RANGE_SIGNALS: tuple[Signal, ...] = (
+    REJECTIONS_PER_1000, HTTP_5XX_RATIO, HTTP_4XX_RATIO, ABORTED_RATIO, ERRORED_RATIO,
+    WAITING_DEFERRED, SPEC_ACCEPTANCE_RATE,
+)
+"""Range signals ``suggest`` reads next to ``WINDOW_SIGNALS``: refusals and failures over time
+(when they happened), deferred waiting (a vLLM 0.29+ server), acceptance per step."""
