@@ -210,6 +210,16 @@ class TuneWindow:
 
 
 @dataclass(frozen=True)
+class QueryConfig:
+    """Limits of the sidecar's Prometheus API (Prometheus's --query.* flags and defaults)."""
+
+    timeout: float = 120.0
+    max_samples: int = 50_000_000
+    max_concurrency: int = 4
+    lookback_delta: float = 300.0
+
+
+@dataclass(frozen=True)
 class Config:
     """The validated configuration of a tuner daemon."""
 
@@ -229,6 +239,7 @@ class Config:
     launch: Mapping[str, Any] = field(default_factory=dict)
     suggest: SuggestSchedule = field(default_factory=SuggestSchedule)
     tune: TuneWindow = field(default_factory=TuneWindow)
+    query: QueryConfig = field(default_factory=QueryConfig)
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -318,6 +329,7 @@ _TOP_KEYS = {
     "launch": "mapping",
     "suggest": "mapping",
     "tune": "mapping",
+    "query": "mapping",
 }
 _TARGET_KEYS = {"name": "", "url": "", "kind": "", "labels": "", "timeout": ""}
 _STORE_KEYS = {"path": "", "retention": "", "max_size": ""}
@@ -326,6 +338,7 @@ _COST_KEYS = {"dollars_per_hour": ""}
 _SUGGEST_KEYS = {"schedule": "", "since": "", "keep": ""}
 _AM_KEYS = {"url": "", "timeout": ""}
 _TUNE_KEYS = {"config": "", "schedule": "", "trials": "", "out": ""}
+_QUERY_KEYS = {"timeout": "", "max_samples": "", "max_concurrency": "", "lookback_delta": ""}
 
 
 def parse_config(data: Any, source: str = "<config>") -> Config:
@@ -432,6 +445,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     )
 
     tune = _parse_tune_window(r, top.get("tune"), base_dir)
+    query = _parse_query(r, top.get("query"))
 
     return Config(
         source=Path(source) if not source.startswith("<") else None,
@@ -450,7 +464,22 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         launch=dict(launch),
         suggest=suggest,
         tune=tune,
+        query=query,
     )
+
+
+def _parse_query(r: _Reader, raw: Any) -> QueryConfig:
+    q = r.mapping(raw, "query", _QUERY_KEYS)
+    out = QueryConfig(
+        timeout=r.duration(q.get("timeout", "2m"), "query.timeout"),
+        max_samples=r.positive_int(q.get("max_samples", 50_000_000), "query.max_samples"),
+        max_concurrency=r.positive_int(q.get("max_concurrency", 4), "query.max_concurrency"),
+        lookback_delta=r.duration(q.get("lookback_delta", "5m"), "query.lookback_delta"),
+    )
+    for key in ("timeout", "lookback_delta"):
+        if getattr(out, key) <= 0:
+            raise r.fail(f"query.{key}", "must be greater than 0s")
+    return out
 
 
 def _cron(r: _Reader, value: Any, key: str) -> str:

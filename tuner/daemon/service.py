@@ -1,4 +1,5 @@
-"""The sidecar daemon: scrape targets on a schedule into the store, serve /metrics and /healthz.
+"""The sidecar daemon: scrape targets on a schedule into the store, serve /metrics, /healthz and
+the Prometheus query API (``tuner.web.api``) over the store.
 
 ``Daemon`` wires the pieces together with APScheduler (3.x): a scrape job every
 ``scrape_interval`` and a retention job every minute; other features (rule evaluation,
@@ -31,9 +32,10 @@ from tuner.daemon.triggers import now_dt, suggest_trigger
 from tuner.daemon.tuning import TuningWindow
 from tuner.errors import StoreError, TunerError
 from tuner.ingest import Ingest, IngestReport
+from tuner.promql import QueryLimits
 from tuner.scrape import ScrapeOutcome, make_client, scrape_all
 from tuner.store import Store
-from tuner.web import Request, Response, Route, WebServer, text_response
+from tuner.web import PrometheusApi, Request, Response, Route, WebServer, text_response
 
 log = logging.getLogger("tuner.daemon")
 
@@ -122,6 +124,13 @@ class Daemon:
         except TunerError:
             self.store.close()  # bad rules: refuse to start
             raise
+        q = config.query
+        self.api = PrometheusApi(
+            self.store, limits=QueryLimits(q.timeout, q.max_samples),
+            lookback_delta=q.lookback_delta, rules=self.alerting,
+            evaluation_interval=config.evaluation_interval, max_concurrency=q.max_concurrency,
+            clock=clock)
+        self.web.add_routes(self.api.routes())
 
     # -- one scrape cycle ------------------------------------------------------------
 
@@ -284,6 +293,7 @@ class Daemon:
         with self._lock:
             self._count(self.ingest.flush())
         self.web.stop()
+        self.api.close()
         self._pool.shutdown(wait=True)
         self.client.close()
         self.store.close()
