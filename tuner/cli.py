@@ -28,16 +28,21 @@ def _add_run(sub: Any) -> None:
         metavar="URL",
         help="fleet mode: evaluate the rules against this Prometheus (overrides prometheus_url)",
     )
+    p.add_argument("--web-config-file", metavar="FILE",
+                   help="the listener's TLS and basic auth, in Prometheus's web config format "
+                        "(overrides web_config_file)")
     p.set_defaults(handler=_cmd_run)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from tuner.config import load_config, with_prometheus_url
+    from tuner.config import load_config, with_prometheus_url, with_web_config_file
     from tuner.daemon import run_daemon
 
     config = load_config(args.config)
     if args.prometheus:
         config = with_prometheus_url(config, args.prometheus, "--prometheus")
+    if args.web_config_file:
+        config = with_web_config_file(config, args.web_config_file)
     return run_daemon(config)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from tuner.errors import QueryError
@@ -24,26 +24,37 @@ from tuner.promql import Querier, ValueType
 
 @dataclass(frozen=True)
 class Signal:
-    """A named derived signal: a PromQL expression grouped ``by (instance)``, with its unit."""
+    """A named derived signal: a PromQL expression grouped ``by (instance)``, with its unit.
+
+    ``local_labels`` are the labels of the signal's metrics that are not target labels
+    (``finished_reason``, ``status``...): the rule files' form of the expression drops them
+    with ``without`` (see ``render_rule_expr``). ``from_labels``, when set, makes the signal
+    an info signal: the expression selects label sets (value 1), and the function turns one
+    instance's label sets into the value (PromQL cannot read a number out of a label).
+    """
 
     name: str
     expr: str
     unit: str
     help: str
+    local_labels: tuple[str, ...] = ()
+    from_labels: Callable[[Sequence[Mapping[str, str]]], float | None] | None = None
+    missing: str = "-"
+    """How a missing value reads: ``"unknown"`` where absence must not pass for zero."""
 
 
-STATUS_SIGNALS: tuple[Signal, ...] = (
+_ENGINE_STATUS_SIGNALS: tuple[Signal, ...] = (
     Signal(
         "running",
-        "sum by (instance) (vllm:num_requests_running)",
+        "sum by (instance) (max without (pid) (vllm:num_requests_running))",
         "requests",
         "Requests in the running batch now.",
     ),
     Signal(
         "waiting",
-        "sum by (instance) (vllm:num_requests_waiting)",
+        "sum by (instance) (max without (pid) (vllm:num_requests_waiting))",
         "requests",
-        "Requests queued, waiting for a batch slot or KV blocks.",
+        "Requests queued, waiting for a batch slot or KV blocks (capacity and deferred).",
     ),
     Signal(
         "kv_cache_usage",
@@ -92,17 +103,30 @@ def evaluate_signals(
         result = querier.instant(sig.expr, ts)
         if result.kind != ValueType.VECTOR:
             raise QueryError(f"signal {sig.name}: expected an instant vector from {sig.expr!r}")
+        if sig.from_labels is not None:
+            label_sets: dict[str, list[Mapping[str, str]]] = {}
+            for element in result.vector:
+                label_sets.setdefault(element.labels.get("instance", ""), []).append(
+                    element.labels)
+            for inst, sets in label_sets.items():
+                value = sig.from_labels(sets)
+                if value is not None:
+                    out.setdefault(inst, {})[sig.name] = value
+            continue
         for element in result.vector:
             out.setdefault(element.labels.get("instance", ""), {})[sig.name] = element.value
     return out
 
 
 def format_signal(signal: Signal, value: float | None) -> str:
-    """Human-readable value with the signal's unit ('-' when missing, 'n/a' for NaN)."""
+    """Human-readable value with the signal's unit (``signal.missing`` when missing, 'n/a' for
+    NaN: no requests in the window)."""
     if value is None:
-        return "-"
+        return signal.missing
     if math.isnan(value):
         return "n/a"
+    if signal.unit == "per 1000":
+        return f"{value:,.1f}"
     if signal.unit == "ratio":
         return f"{value * 100:.1f}%"
     if signal.unit == "%":
@@ -144,10 +168,11 @@ WINDOW_SIGNALS: tuple[Signal, ...] = (
            " or max by ($BY) (max_over_time(vllm:gpu_cache_usage_perc$SEL[$W]))",
            "ratio", "Peak KV-cache usage, 0..1, over each step's window (the highest engine "
            "of a server), so a full cache between two evaluation steps is not missed."),
-    Signal("waiting", "sum by ($BY) (vllm:num_requests_waiting$SEL)", "requests",
-           "Requests queued for a batch slot or KV blocks."),
-    Signal("running", "sum by ($BY) (vllm:num_requests_running$SEL)", "requests",
-           "Requests in the running batch."),
+    Signal("waiting", "sum by ($BY) (max without (pid) (vllm:num_requests_waiting$SEL))",
+           "requests", "Requests queued for a batch slot or KV blocks (a gauge some releases "
+           "export once per API-server pid: one copy is counted)."),
+    Signal("running", "sum by ($BY) (max without (pid) (vllm:num_requests_running$SEL))",
+           "requests", "Requests in the running batch."),
     Signal("preemptions_per_s", _rate("vllm:num_preemptions_total"), "1/s",
            "Preemptions per second (KV blocks reclaimed from a running request)."),
     Signal("requests_per_s", _rate("vllm:request_success_total"), "1/s",
@@ -171,6 +196,137 @@ WINDOW_SIGNALS: tuple[Signal, ...] = (
            "s", "Start time of the server process; a change is a restart."),
 )
 """Signals ``suggest`` evaluates over its window with range queries."""
+
+# -- request outcomes: refusals, errors, waiting by reason, KV capacity (vLLM 0.29+) -------
+#
+# Templates like the window signals above ($SEL, $SEL_PROC, $BY, $W). ``http_requests_total``
+# comes from the API server and has no ``model_name`` label, so it takes $SEL_PROC (the
+# selector's instance/job/namespace/pod matchers only). Shares use ``part or 0 * whole`` so a
+# server that has answered requests but no 5xx yet (the instrumentator creates a status series
+# on first use) reads 0, while a server without ``http_requests_total`` at all has no value:
+# unknown, never zero. ``vllm:admission_rejections_total`` is counted in the API server and has
+# no ``engine`` label; gauges are taken once per API-server ``pid`` (``max without (pid)``)
+# before summing engines; counters from several pids are distinct processes' counts and add.
+
+_HTTP_LABELS = ("handler", "method", "status")
+
+
+def _share(part: str, whole: str, sel: str = "$SEL") -> str:
+    """``part / whole`` of two counters' rates by target; 0 when ``whole`` has no ``part``."""
+    p = f"sum by ($BY) (rate({part}{sel}[$W]))"
+    w = f"sum by ($BY) (rate({whole}{sel}[$W]))"
+    return f"({p} or 0 * {w}) / {w}"
+
+
+def _total(part: str, whole: str, sel: str = "$SEL") -> str:
+    """Increase of ``part`` over the window by target; 0 when ``whole`` exists without it."""
+    return (f"sum by ($BY) (increase({part}{sel}[$W]))"
+            f" or 0 * sum by ($BY) (increase({whole}{sel}[$W]))")
+
+
+_ARRIVALS = ("(sum by ($BY) (rate(vllm:admission_rejections_total$SEL[$W]))"
+             " + sum by ($BY) (rate(vllm:request_success_total$SEL[$W])))")
+
+HTTP_5XX_RATIO = Signal(
+    "http_5xx_ratio",
+    _share('http_requests_total{status=~"5.."}', "http_requests_total", "$SEL_PROC"),
+    "ratio", "Share of HTTP requests answered 5xx (admission-control 503s included); no value "
+    "when the server exports no http_requests_total (unknown, not zero).", _HTTP_LABELS,
+    missing="unknown")
+HTTP_4XX_RATIO = Signal(
+    "http_4xx_ratio",
+    _share('http_requests_total{status=~"4.."}', "http_requests_total", "$SEL_PROC"),
+    "ratio", "Share of HTTP requests answered 4xx (bad requests: the client's fault); no value "
+    "without http_requests_total.", _HTTP_LABELS, missing="unknown")
+ABORTED_RATIO = Signal(
+    "aborted_ratio",
+    _share('vllm:request_success_total{finished_reason="abort"}', "vllm:request_success_total"),
+    "ratio", "Share of finished requests that ended aborted (client gone, or cancelled).",
+    ("finished_reason",))
+ERRORED_RATIO = Signal(
+    "errored_ratio",
+    _share('vllm:request_success_total{finished_reason="error"}', "vllm:request_success_total"),
+    "ratio", "Share of finished requests that ended with an engine error.",
+    ("finished_reason",))
+FAILED_FINISH_RATIO_BY_REASON = Signal(
+    "failed_finish_ratio_by_reason",
+    "sum by ($BY, finished_reason) (rate(vllm:request_success_total"
+    '{finished_reason=~"abort|error"}$SEL[$W]))'
+    " / ignoring (finished_reason) group_left"
+    " sum by ($BY) (rate(vllm:request_success_total$SEL[$W]))",
+    "ratio", "Share of finished requests aborted or errored, one series per finished_reason.",
+    ("finished_reason",))
+REJECTIONS_PER_1000 = Signal(
+    "rejections_per_1000",
+    f"1000 * sum by ($BY) (rate(vllm:admission_rejections_total$SEL[$W])) / {_ARRIVALS}",
+    "per 1000", "Requests refused by admission control (HTTP 503, --max-num-queued-reqs/"
+    "--max-num-queued-tokens) per 1000 arriving requests (refused + finished); every reason, "
+    "known or not. No value on servers without admission control metrics (before 0.29).",
+    ("reason", "finished_reason"))
+REJECTIONS_PER_1000_BY_REASON = Signal(
+    "rejections_per_1000_by_reason",
+    "1000 * sum by ($BY, reason) (rate(vllm:admission_rejections_total$SEL[$W]))"
+    f" / ignoring (reason) group_left () {_ARRIVALS}",
+    "per 1000", "Admission rejections per 1000 arriving requests, one series per reason "
+    "(max_num_queued_reqs, max_num_queued_tokens, or any reason a newer vLLM adds).",
+    ("reason", "finished_reason"))
+WAITING_BY_REASON = Signal(
+    "waiting_by_reason",
+    "sum by ($BY, reason) (max without (pid) (vllm:num_requests_waiting_by_reason$SEL))",
+    "requests", "Waiting requests by reason: capacity (no batch slot or KV blocks) or deferred "
+    "(LoRA budget, KV transfer, blocked); their sum is vllm:num_requests_waiting.", ("reason",))
+WAITING_DEFERRED = Signal(
+    "waiting_deferred",
+    "sum by ($BY) (max without (pid) "
+    '(vllm:num_requests_waiting_by_reason{reason="deferred"}$SEL))',
+    "requests", "Requests waiting for a transient constraint, not for capacity.", ("reason",))
+
+
+def kv_capacity_from_info(label_sets: Sequence[Mapping[str, str]]) -> float | None:
+    """KV-cache capacity in tokens of one server from its ``vllm:cache_config_info`` label sets.
+
+    ``kv_cache_size_tokens`` (recent releases) is per engine: summed over distinct engines.
+    Otherwise ``num_gpu_blocks`` x ``block_size``, taken once: under data parallelism every
+    engine reports the summed ``num_gpu_blocks``. None when neither is a number.
+    """
+    per_engine: dict[str, float] = {}
+    blocks: list[float] = []
+    for labels in label_sets:
+        size = _number(labels.get("kv_cache_size_tokens"))
+        if size is not None:
+            per_engine[labels.get("engine", "")] = size
+        n, b = _number(labels.get("num_gpu_blocks")), _number(labels.get("block_size"))
+        if n is not None and b is not None:
+            blocks.append(n * b)
+    if per_engine:
+        return sum(per_engine.values())
+    return max(blocks) if blocks else None
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        value = float(text) if text is not None else math.nan
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+KV_CAPACITY_TOKENS = Signal(
+    "kv_capacity_tokens",
+    "max by ($BY, engine, kv_cache_size_tokens, num_gpu_blocks, block_size)"
+    " (vllm:cache_config_info$SEL_PROC)",
+    "tokens", "KV-cache capacity in tokens (kv_cache_size_tokens summed over engines, else "
+    "num_gpu_blocks x block_size), read from vllm:cache_config_info's labels.",
+    from_labels=kv_capacity_from_info)
+
+REQUEST_OUTCOME_SIGNALS: tuple[Signal, ...] = (
+    HTTP_5XX_RATIO, HTTP_4XX_RATIO, ABORTED_RATIO, ERRORED_RATIO, FAILED_FINISH_RATIO_BY_REASON,
+    REJECTIONS_PER_1000, REJECTIONS_PER_1000_BY_REASON, WAITING_BY_REASON, WAITING_DEFERRED,
+    KV_CAPACITY_TOKENS,
+)
+"""Issue 10's signals (templates): HTTP error shares, failed finishes, admission rejections,
+waiting by reason, KV capacity. The ``*_by_reason`` ones keep their reason label."""
+
 
 WINDOW_TOTALS: tuple[Signal, ...] = (
     Signal("requests", "sum by ($BY) (increase(vllm:request_success_total$SEL[$W]))",
@@ -203,6 +359,28 @@ WINDOW_TOTALS: tuple[Signal, ...] = (
     Signal("spec_acceptance_rate_v0",
            "avg by ($BY) (avg_over_time(vllm:spec_decode_draft_acceptance_rate$SEL[$W]))",
            "ratio", "V0 engines' acceptance-rate gauge, averaged over the window."),
+    Signal("admission_rejections",
+           "sum by ($BY) (increase(vllm:admission_rejections_total$SEL[$W]))",
+           "requests", "Requests refused by admission control (HTTP 503), every reason; no "
+           "value before vLLM 0.29.", ("reason",)),
+    Signal("http_requests", "sum by ($BY) (increase(http_requests_total$SEL_PROC[$W]))",
+           "requests", "HTTP requests answered, every status; no value without "
+           "http_requests_total (then error rates are unknown).", _HTTP_LABELS),
+    Signal("http_5xx", _total('http_requests_total{status=~"5.."}', "http_requests_total",
+                              "$SEL_PROC"),
+           "requests", "HTTP requests answered 5xx (503 refusals included).", _HTTP_LABELS),
+    Signal("http_4xx", _total('http_requests_total{status=~"4.."}', "http_requests_total",
+                              "$SEL_PROC"),
+           "requests", "HTTP requests answered 4xx.", _HTTP_LABELS),
+    Signal("requests_aborted",
+           _total('vllm:request_success_total{finished_reason="abort"}',
+                  "vllm:request_success_total"),
+           "requests", "Finished requests that ended aborted.", ("finished_reason",)),
+    Signal("requests_errored",
+           _total('vllm:request_success_total{finished_reason="error"}',
+                  "vllm:request_success_total"),
+           "requests", "Finished requests that ended with an engine error.",
+           ("finished_reason",)),
 )
 """Whole-window totals ``suggest`` evaluates with one instant query at the window's end.
 
@@ -231,12 +409,56 @@ def render_signal(
         ]
         proc_sel = "{" + ", ".join(inner) + "}" if inner else ""
     group_by = GPU_GROUP_BY if "DCGM_" in signal.expr else by
-    return (
+    return _merge_selectors(
         signal.expr.replace("$SEL_PROC", proc_sel)
         .replace("$SEL", selector)
         .replace("$BY", group_by)
         .replace("$W", window)
     )
+
+
+def _merge_selectors(expr: str) -> str:
+    """``name{a="x"}{b="y"}`` (a template's matchers, then the user's) -> ``name{a="x", b="y"}``."""
+    return expr.replace('"}{', '", ')
+
+
+REPLICA_LABELS = ("engine", "pid")
+"""Labels that split one server's series: data-parallel rank, API-server process."""
+
+_BY_PLACEHOLDER = re.compile(r"by \(\$BY((?:, *[a-zA-Z_][a-zA-Z0-9_]*)*)\)")
+
+
+def render_rule_expr(signal: Signal, window: str = "5m") -> str:
+    """A signal in the form the rule files use: ``without`` the replica and local labels.
+
+    Each ``by ($BY[, kept...])`` becomes ``without (engine, pid, <local labels not kept>)``, so
+    the result keeps whatever target labels the scraper attached (job, instance, pod, ...)
+    and alerts carry them. No selector. Info signals have no rule form.
+    """
+    if signal.from_labels is not None:
+        raise ValueError(f"signal {signal.name} is read from labels; it has no rule form")
+
+    def without(m: re.Match[str]) -> str:
+        kept = {k.strip() for k in m.group(1).split(",") if k.strip()}
+        drop = [k for k in (*REPLICA_LABELS, *signal.local_labels) if k not in kept]
+        return f"without ({', '.join(drop)})"
+
+    expr = _BY_PLACEHOLDER.sub(without, signal.expr)
+    if "$BY" in expr:
+        raise ValueError(f"signal {signal.name}: $BY outside 'by ($BY...)' in {signal.expr!r}")
+    return expr.replace("$SEL_PROC", "").replace("$SEL", "").replace("$W", window)
+
+
+STATUS_SIGNALS: tuple[Signal, ...] = (
+    *_ENGINE_STATUS_SIGNALS,
+    *(
+        Signal(sig.name, render_signal(sig, by="instance", window="5m"), sig.unit,
+               f"{sig.help} (5m)", sig.local_labels, sig.from_labels, sig.missing)
+        for sig in (HTTP_5XX_RATIO, HTTP_4XX_RATIO, ABORTED_RATIO, ERRORED_RATIO,
+                    REJECTIONS_PER_1000, WAITING_DEFERRED, KV_CAPACITY_TOKENS)
+    ),
+)
+"""What ``tuner status`` shows per instance (rates over the last 5 minutes)."""
 
 
 _MATCHER_RE = r'\s*[a-zA-Z_][a-zA-Z0-9_]*\s*(?:=~|!~|!=|=)\s*"(?:[^"\\]|\\.)*"\s*'

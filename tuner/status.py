@@ -36,6 +36,19 @@ class Status:
     signals: dict[str, dict[str, float]]
     signal_defs: tuple[Signal, ...] = STATUS_SIGNALS
 
+    @property
+    def vllm_instances(self) -> frozenset[str]:
+        """Instances that export vLLM engine gauges (the rest are DCGM or unknown)."""
+        return frozenset(i for i, s in self.signals.items() if "running" in s)
+
+    def unknown(self) -> dict[str, list[str]]:
+        """Per vLLM instance, the absent signals whose absence means unknown (never zero)."""
+        return {
+            inst: [d.name for d in self.signal_defs
+                   if d.missing == "unknown" and d.name not in self.signals[inst]]
+            for inst in sorted(self.vllm_instances)
+        }
+
     def to_json(self) -> dict[str, Any]:
         def clean(v: float) -> float | None:
             return None if math.isnan(v) else v
@@ -57,6 +70,8 @@ class Status:
             "signals": {
                 inst: {k: clean(v) for k, v in sigs.items()} for inst, sigs in self.signals.items()
             },
+            # signals that are unknown for an instance (a partial report), never shown as 0
+            "unknown": {inst: names for inst, names in self.unknown().items() if names},
         }
 
 

@@ -20,6 +20,8 @@ command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || need_apt+=(prometheus-alertmanager)
 command -v amtool >/dev/null || need_apt+=(prometheus-alertmanager)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)   # verifies deploy/systemd units
+command -v openssl >/dev/null || need_apt+=(openssl)   # the TLS tests make their CA with it
+command -v curl >/dev/null || need_apt+=(curl)         # a client of the secured listener in tests
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "== apt: installing ${need_apt[*]}"
   apt-get update -qq

@@ -326,3 +326,44 @@ def test_parse_sse_usage_chunk() -> None:
     assert both.kind == "usage" and both.message == "token"
     error = parse_sse_line(b'data: {"error": "overloaded"}')
     assert error.message == "overloaded"
+
+
+# ----------------------------------------------------------------------------- rejections
+
+#: The SSE error event vLLM 0.32 streams (inside an HTTP 200) when admission control refuses a
+#: streamed request: ``ErrorResponse.model_dump()`` of a QueueOverflowError.
+_REFUSED_EVENT = (b'data: {"error": {"message": "The request queue is full. Please retry '
+                  b'later.", "type": "Service Unavailable", "param": null, "code": 503}}')
+
+
+def test_a_streamed_503_error_event_is_an_error_with_its_code() -> None:
+    ev = parse_sse_line(_REFUSED_EVENT)
+    assert ev.kind == "error" and ev.code == 503
+    assert ev.message.startswith("The request queue is full")
+    other = parse_sse_line(b'data: {"error": {"message": "boom", "code": "500"}}')
+    assert other.kind == "error" and other.code == 500
+    assert parse_sse_line(b'data: {"error": {"message": "x", "code": true}}').code is None
+    assert parse_sse_line(b'data: {"error": "overloaded"}').code is None
+
+
+def _rejected(start: float = 100.0) -> RequestRecord:
+    return RequestRecord(ok=False, error="http 503: queue full", prompt_tokens=10,
+                         output_tokens=0, ttft=math.nan, itls=(), e2e=0.01, start=start,
+                         rejected=True)
+
+
+def test_summarize_counts_rejections_apart_from_errors_and_both_in_the_error_rate() -> None:
+    recs = (_rec(), _rec(), _rec(ok=False), _rejected(), _rejected(), _rejected())
+    s = summarize(LoadResult(records=recs, started=100.0, ended=101.0))
+    assert s.requests == 6
+    assert s.rejections == 3 and s.errors == 1
+    assert s.rejection_rate == pytest.approx(3 / 6)
+    assert s.error_rate == pytest.approx(4 / 6)  # what the SLO's error rate is checked against
+    assert s.ttft_p99 == pytest.approx(0.1)  # latencies of successful requests only
+
+
+def test_summarize_of_a_run_without_rejections_says_zero_not_unknown() -> None:
+    s = summarize(LoadResult(records=(_rec(), _rec(ok=False)), started=0.0, ended=1.0))
+    assert s.rejections == 0 and s.rejection_rate == 0.0 and s.errors == 1
+    empty = summarize(LoadResult(records=(), started=0.0, ended=0.0))
+    assert empty.rejections == 0 and math.isnan(empty.rejection_rate)

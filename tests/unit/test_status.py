@@ -72,6 +72,10 @@ def test_status_reports_targets_and_signals(tmp_path: Path) -> None:
         assert status.signals["gpu-node"]["gpu_utilization"] == 40.0
         text = render_status(status)
         assert "vllm-0" in text and "DOWN" in text and "87.5%" in text
+        # this server exports no http_requests_total: its error rates are unknown, never 0
+        assert "http_5xx_ratio" not in sig
+        assert status.to_json()["unknown"] == {"vllm-0": ["http_5xx_ratio", "http_4xx_ratio"]}
+        assert "vllm-0: http_5xx_ratio, http_4xx_ratio unknown" in text
         # the CLI reads the same store from another process
         cfg_file = tmp_path / "tuner.yaml"
         cfg_file.write_text(

@@ -271,6 +271,27 @@ def test_scoring_feasible_slo_violated_and_failed() -> None:
     assert score_trial(None, obj, slo, 1000.0) == ("failed", None, FAILED_LOSS, {})
 
 
+def test_rejections_count_against_the_slo_error_rate_and_show_apart_in_the_report(
+        tmp_path: Path) -> None:
+    """20 of 100 requests refused with 503 and 1 other error: the SLO's error rate sees 21%."""
+    obj, slo = Objective(), TuneSLO(ttft_p99_seconds=2.5, error_rate=0.05)
+    m = Measurement(
+        requests=100, errors=1, rejections=20, rejection_rate=0.2, error_rate=0.21,
+        output_tokens=5000, output_tok_per_s=500.0, request_rate=8.0, ttft_p50=0.1,
+        ttft_p99=0.4, itl_p50=0.02, itl_p99=0.05, e2e_p99=2.0, duration=10.0)
+    state, _, loss, viol = score_trial(m, obj, slo, 1000.0)
+    assert state == "slo" and viol == {"error_rate": pytest.approx(0.21 / 0.05)} and loss > 0
+    assert Measurement.from_json(m.to_json()).rejections == 20
+    cfg = config(slo={"ttft_p99_seconds": 2.5, "error_rate": 0.05})
+    t = Trial(0, "baseline", {}, dict(cfg.baseline_flags), state, loss, 500.0, measurement=m,
+              violations=viol, measures_baseline=True)
+    outcome = summarize_search(cfg, [t])
+    report = render_tune_report(outcome)
+    assert "rejected (503) | errors" in report and "| 20/100 | 1/100 |" in report
+    rows = list(csv.DictReader(io.StringIO(render_tune_csv(outcome))))
+    assert rows[0]["rejections"] == "20" and rows[0]["errors"] == "1"
+
+
 def test_cost_objective_orientation_and_dollars_per_mtok() -> None:
     """One $/Mtok (``tuner.signals``): 1000 tok/s for an hour at $3.6/h is $1/Mtok. A run that
     produced no tokens has no measured rate, so the conversion says NaN (unknown); scoring

@@ -35,7 +35,11 @@ from tuner.ingest import Ingest, IngestReport
 from tuner.promql import QueryLimits
 from tuner.scrape import ScrapeOutcome, make_client, scrape_all
 from tuner.store import Store
+<<<<<<< HEAD
 from tuner.web import PrometheusApi, Request, Response, Route, WebServer, text_response
+=======
+from tuner.web import Request, Response, Route, WebConfigWatcher, WebServer, text_response
+>>>>>>> main
 
 log = logging.getLogger("tuner.daemon")
 
@@ -101,6 +105,7 @@ class Daemon:
         # a bad suggest.schedule refuses to start before anything is opened
         self._suggest_trigger = suggest_trigger(config) if config.suggest.schedule else None
         self.tuning = TuningWindow(config) if config.tune.schedule else None
+        security = WebConfigWatcher(config.web_config_file)  # a bad web config refuses to start
         self.store = store or Store(
             config.store.path, config.store.retention, config.store.max_bytes, clock=clock
         )
@@ -115,7 +120,7 @@ class Daemon:
         self.web = WebServer(host, port, [
             Route("/metrics", self._metrics_endpoint),
             Route("/healthz", self._healthz_endpoint),
-        ])
+        ], security, open_paths=("/healthz",) if config.healthz_open else ())
         self._started = False
         self.last_cycle: float | None = None
         self.stopped = threading.Event()

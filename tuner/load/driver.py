@@ -4,7 +4,10 @@ open loop, each measured into a ``RequestRecord`` (``run_load``, ``run_load_sync
 Prompts are lists of random token ids (so prompt lengths are exact; vLLM accepts token-id
 prompts) and ``max_tokens`` is the sampled output length with ``ignore_eos`` (so output
 lengths are exact too). Errors are recorded per request (HTTP status, timeout, connection,
-broken stream) and never raised mid-run; requests still running ``request_timeout`` seconds
+broken stream) and never raised mid-run; a refusal by the server's admission control (HTTP 503,
+or an HTTP 200 stream whose error event carries code 503, as vLLM 0.29+ sends when
+``--max-num-queued-reqs``/``--max-num-queued-tokens`` is reached) is a *rejection*, recorded
+with ``rejected=True`` apart from other errors; requests still running ``request_timeout`` seconds
 after the run's end are cancelled and recorded as errors. The connection pool is sized to
 the concurrency with a 60 s keep-alive.
 """
@@ -67,6 +70,27 @@ class StreamEvent:
     completion_tokens: int | None = None
     prompt_tokens: int | None = None
     message: str = ""
+    #: The error object's ``code`` (an HTTP status, e.g. 503 for an admission refusal).
+    code: int | None = None
+
+
+#: The HTTP status of a refusal by admission control (vLLM's QueueOverflowError and
+#: MaxQueuedTokensError), as a response status or as an SSE error event's ``code``.
+REJECTED_STATUS = 503
+
+
+def _error_code(error: object) -> int | None:
+    """The numeric ``code`` of an SSE error object (``{"code": 503, ...}``), if it has one."""
+    if not isinstance(error, dict):
+        return None
+    code = error.get("code")
+    if isinstance(code, bool):
+        return None
+    if isinstance(code, int):
+        return code
+    if isinstance(code, str) and code.strip().isdigit():
+        return int(code.strip())
+    return None
 
 
 _DONE = StreamEvent("done")
@@ -94,7 +118,9 @@ def parse_sse_line(line: bytes) -> StreamEvent:
     if not isinstance(event, dict):
         return StreamEvent("malformed", message=data[:200].decode("utf-8", "replace"))
     if event.get("error"):
-        return StreamEvent("error", message=str(event["error"])[:300])
+        error = event["error"]
+        text = error.get("message", error) if isinstance(error, dict) else error
+        return StreamEvent("error", message=str(text)[:300], code=_error_code(error))
     usage = event.get("usage")
     has_text = any(isinstance(c, dict) and c.get("text") for c in event.get("choices") or [])
     if isinstance(usage, dict):
@@ -116,20 +142,21 @@ async def _one_request(client: httpx.AsyncClient, url: str, model: str, req: _Pl
     usage_out: int | None = None
     done = False
 
-    def record(ok: bool, error: str) -> RequestRecord:
+    def record(ok: bool, error: str, rejected: bool = False) -> RequestRecord:
         now = time.monotonic()
         ttft = chunks[0] - t0 if chunks else math.nan
         itls = tuple(b - a for a, b in itertools.pairwise(chunks))
         n_out = usage_out if usage_out is not None else len(chunks)
         return RequestRecord(ok=ok, error=error, prompt_tokens=prompt_tokens,
                              output_tokens=n_out if ok else 0, ttft=ttft, itls=itls,
-                             e2e=now - t0, start=start)
+                             e2e=now - t0, start=start, rejected=rejected)
 
     try:
         async with client.stream("POST", url, json=body) as resp:
             if resp.status_code != 200:
                 text = (await resp.aread()).decode("utf-8", errors="replace")
-                return record(False, f"http {resp.status_code}: {text[:300]}")
+                return record(False, f"http {resp.status_code}: {text[:300]}",
+                              rejected=resp.status_code == REJECTED_STATUS)
             buffer = b""
             async for piece in resp.aiter_bytes():
                 now = time.monotonic()
@@ -149,7 +176,9 @@ async def _one_request(client: httpx.AsyncClient, url: str, model: str, req: _Pl
                         usage_out = ev.completion_tokens
                         prompt_tokens = ev.prompt_tokens or prompt_tokens
                     elif ev.kind == "error":
-                        return record(False, f"stream error: {ev.message}")
+                        code = f" (code {ev.code})" if ev.code is not None else ""
+                        return record(False, f"stream error{code}: {ev.message}",
+                                      rejected=ev.code == REJECTED_STATUS)
                     elif ev.kind == "malformed":
                         return record(False, f"malformed stream chunk: {ev.message}")
                 if done:

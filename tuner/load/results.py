@@ -1,5 +1,10 @@
 """What a load run measured: one ``RequestRecord`` per request, the ``LoadResult`` of a run,
 and its ``LoadSummary`` (``summarize`` is pure: records -> percentiles, rates, error rate).
+
+Failed requests are of two kinds, counted apart: *rejections* (the server refused the request
+with 503: admission control shedding load) and *errors* (everything else: other HTTP
+statuses, timeouts, broken streams). Both count in ``error_rate``, the fraction of requests
+that did not succeed, which is what an SLO's error rate is checked against.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ class RequestRecord:
     itls: tuple[float, ...]
     e2e: float
     start: float
+    #: Refused by the server's admission control (HTTP 503), not failed otherwise.
+    rejected: bool = False
 
 
 @dataclass(frozen=True)
@@ -37,7 +44,11 @@ class LoadResult:
 
 @dataclass(frozen=True)
 class LoadSummary:
-    """Aggregates of a LoadResult; latencies over successful requests (NaN if none)."""
+    """Aggregates of a LoadResult; latencies over successful requests (NaN if none).
+
+    ``errors`` are failures other than rejections; ``error_rate`` is
+    ``(errors + rejections) / requests``; ``rejection_rate`` is ``rejections / requests``.
+    """
 
     requests: int
     errors: int
@@ -51,6 +62,8 @@ class LoadSummary:
     itl_p99: float
     e2e_p99: float
     duration: float
+    rejections: int = 0
+    rejection_rate: float = math.nan
 
 
 # --------------------------------------------------------------------------- summary
@@ -65,14 +78,15 @@ def summarize(result: LoadResult) -> LoadSummary:
     """Percentiles and rates of a load run (pure)."""
     recs = result.records
     ok = [r for r in recs if r.ok]
-    errors = len(recs) - len(ok)
+    rejections = sum(1 for r in recs if not r.ok and r.rejected)
+    failed = len(recs) - len(ok)
     duration = max(0.0, result.ended - result.started)
     out_tokens = sum(r.output_tokens for r in ok)
     itls = [x for r in ok for x in r.itls]
     return LoadSummary(
         requests=len(recs),
-        errors=errors,
-        error_rate=errors / len(recs) if recs else math.nan,
+        errors=failed - rejections,
+        error_rate=failed / len(recs) if recs else math.nan,
         output_tokens=out_tokens,
         output_tok_per_s=out_tokens / duration if duration > 0 else math.nan,
         request_rate=len(ok) / duration if duration > 0 else math.nan,
@@ -82,4 +96,6 @@ def summarize(result: LoadResult) -> LoadSummary:
         itl_p99=_pct(itls, 99),
         e2e_p99=_pct([r.e2e for r in ok], 99),
         duration=duration,
+        rejections=rejections,
+        rejection_rate=rejections / len(recs) if recs else math.nan,
     )

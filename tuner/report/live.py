@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tuner.report.tune import fmt_ms, fmt_number, fmt_value, knob_cell
+from tuner.tune import Step, Trial, TuneConfig
 
 
 class TuneLiveView:
@@ -13,7 +14,7 @@ class TuneLiveView:
     Implements tuner.tune.TuneObserver; use as a context manager around the search.
     """
 
-    def __init__(self, outcome_config: Any, planned: int, console: Any = None) -> None:
+    def __init__(self, outcome_config: TuneConfig, planned: int, console: Any = None) -> None:
         from rich.console import Console, Group
         from rich.live import Live
         from rich.progress import (
@@ -59,7 +60,7 @@ class TuneLiveView:
         self.live.update(self._render())
         self.live.__exit__(None, None, None)
 
-    def trial_started(self, number: int, step: Any) -> None:
+    def trial_started(self, number: int, step: Step) -> None:
         p = step.point
         flags = step.flags or {}
         self.rows[number] = [str(number), step.kind, "[cyan]running",
@@ -69,7 +70,7 @@ class TuneLiveView:
         self.progress.update(self.task, description=f"trial {number} ({step.kind})")
         self.live.update(self._render())
 
-    def trial_finished(self, trial: Any, planned: int) -> None:
+    def trial_finished(self, trial: Trial, planned: int) -> None:
         color = {"ok": "green", "slo": "yellow", "failed": "red"}.get(trial.state, "white")
         m = trial.measurement
         self.rows[trial.number] = [

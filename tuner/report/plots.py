@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tuner.tune import TuneOutcome
+
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """Points (latency, throughput) not dominated by another (lower latency AND higher tput)."""
@@ -17,7 +19,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return front
 
 
-def write_tune_plots(outcome: Any, out: Path) -> list[Path]:
+def write_tune_plots(outcome: TuneOutcome, out: Path) -> list[Path]:
     """PNG plots: convergence; throughput vs p99 TTFT (SLO line, Pareto front); objective vs
     each knob."""
     import matplotlib
@@ -44,11 +46,11 @@ def write_tune_plots(outcome: Any, out: Path) -> list[Path]:
             xs.append(t.number)
             ys.append(best)
     for state, color in colors.items():
-        pts = [(t.number, t.objective) for t in trials if t.state == state
-               and t.objective is not None]
-        if pts:
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], c=color, label=state, s=25,
-                       zorder=3)
+        progress: list[tuple[Any, float]] = [(t.number, t.objective) for t in trials
+                                             if t.state == state and t.objective is not None]
+        if progress:
+            ax.scatter([p[0] for p in progress], [p[1] for p in progress], c=color,
+                       label=state, s=25, zorder=3)
         fails = [t.number for t in trials if t.state == state and t.objective is None]
         if fails:
             ax.scatter(fails, [0] * len(fails), c=color, marker="x", s=30, zorder=3,
@@ -65,11 +67,12 @@ def write_tune_plots(outcome: Any, out: Path) -> list[Path]:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    pts_all = []
+    pts_all: list[tuple[float, float]] = []
     for state, color in colors.items():
-        pts = [(t.measurement.ttft_p99, t.measurement.output_tok_per_s) for t in trials
-               if t.state == state and t.measurement is not None
-               and t.measurement.ttft_p99 == t.measurement.ttft_p99]
+        pts: list[tuple[Any, float]] = [
+            (t.measurement.ttft_p99, t.measurement.output_tok_per_s) for t in trials
+            if t.state == state and t.measurement is not None
+            and t.measurement.ttft_p99 == t.measurement.ttft_p99]
         pts_all += pts
         if pts:
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], c=color, label=state, s=25,

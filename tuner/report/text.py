@@ -48,11 +48,16 @@ def render_status(status: Status) -> str:
     if not status.signals:
         out.append("no signals yet: the store has no recent vLLM or DCGM samples")
     else:
-        rows = [
-            [inst or "-", *(format_signal(d, sigs.get(d.name)) for d in defs)]
-            for inst, sigs in sorted(status.signals.items())
-        ]
+        rows = []
+        for inst, sigs in sorted(status.signals.items()):
+            vllm = inst in status.vllm_instances  # elsewhere (DCGM) a missing value is just "-"
+            rows.append([inst or "-", *(format_signal(d, sigs.get(d.name)) if vllm or d.name in sigs
+                                        else "-" for d in defs)])
         out.append(render_table(["instance", *(d.name for d in defs)], rows))
+        partial = {inst: names for inst, names in status.unknown().items() if names}
+        for inst, names in sorted(partial.items()):
+            out.append(f"{inst}: {', '.join(names)} unknown (no http_requests_total exported): "
+                       "error rates are partial, not zero")
     return "\n".join(out)
 
 

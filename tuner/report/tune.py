@@ -5,14 +5,13 @@ Functions take the finished records of ``tuner.tune`` and return strings (or wri
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from tuner.report.plots import write_tune_plots
-
-# Rendering of ``tuner tune`` results (owned by the tune engineer). These functions take the
-# duck-typed records of tuner.tune (TuneOutcome, Trial, Candidate); report sits below tune in
-# the layering, so it never imports it at runtime.
+from tuner.signals import dollars_per_mtok
+from tuner.tune import Candidate, Knob, Measurement, Trial, TuneOutcome
 
 _TUNE_CSV_METRICS = (
     "output_tok_per_s",
@@ -25,6 +24,8 @@ _TUNE_CSV_METRICS = (
     "error_rate",
     "requests",
     "errors",
+    "rejections",
+    "rejection_rate",
     "preemptions",
     "preemptions_per_1k_requests",
     "kv_usage_max",
@@ -43,7 +44,14 @@ def fmt_number(v: object, digits: int = 4) -> str:
     return str(v)
 
 
-def render_tune_csv(outcome: Any) -> str:
+def _count_of(m: Measurement | None, name: str) -> str:
+    """``n/requests`` for a trial's rejections or errors ("-" without a measurement)."""
+    if m is None:
+        return "-"
+    return f"{getattr(m, name)}/{m.requests}"
+
+
+def render_tune_csv(outcome: TuneOutcome) -> str:
     """``trials.csv``: one row per trial (number, kind, state, reason, knobs, flags, metrics)."""
     import csv
     import io
@@ -71,7 +79,7 @@ def render_tune_csv(outcome: Any) -> str:
     return buf.getvalue()
 
 
-def _cand_json(c: Any) -> dict[str, Any] | None:
+def _cand_json(c: Candidate | None) -> dict[str, Any] | None:
     if c is None:
         return None
     vals = c.values
@@ -92,7 +100,7 @@ def _finite(v: Any) -> Any:
     return v
 
 
-def tune_best_json(outcome: Any) -> dict[str, Any]:
+def tune_best_json(outcome: TuneOutcome) -> dict[str, Any]:
     """``best.json``: the flags to use (winner, or the baseline when nothing beat the SLO)."""
     cfg = outcome.config
     cmp_ = outcome.comparison
@@ -119,7 +127,7 @@ def tune_best_json(outcome: Any) -> dict[str, Any]:
     }
 
 
-def vllm_serve_command(outcome: Any) -> str:
+def vllm_serve_command(outcome: TuneOutcome) -> str:
     """A ready ``vllm serve MODEL --flag value ...`` command line (shell-quoted)."""
     import shlex
 
@@ -129,7 +137,7 @@ def vllm_serve_command(outcome: Any) -> str:
     return "vllm serve " + " ".join(shlex.quote(a) for a in args)
 
 
-def kubernetes_patch(outcome: Any) -> dict[str, Any]:
+def kubernetes_patch(outcome: TuneOutcome) -> dict[str, Any]:
     """A strategic-merge patch for the production Deployment: the vLLM container's args.
 
     Containers merge by name, and ``args`` is replaced as a whole, so the patch carries every
@@ -162,13 +170,13 @@ def fmt_ms(v: Any) -> str:
     return f"{v * 1000:,.0f} ms"
 
 
-def _mean_metric(c: Any, name: str) -> float | None:
+def _mean_metric(c: Candidate, name: str) -> float | None:
     vals = [getattr(t.measurement, name) for t in c.runs if t.measurement is not None]
     vals = [v for v in vals if isinstance(v, int | float) and v == v]
     return sum(vals) / len(vals) if vals else None
 
 
-def knob_cell(trial: Any, knob: Any) -> str:
+def knob_cell(trial: Trial, knob: Knob) -> str:
     """A knob's value in a trial: the searched value, else the launch flag, else vLLM's default."""
     point = trial.point
     if knob.name in point:
@@ -177,7 +185,7 @@ def knob_cell(trial: Any, knob: Any) -> str:
     return fmt_number(value) if value is not None else "default"
 
 
-def render_tune_report(outcome: Any) -> str:
+def render_tune_report(outcome: TuneOutcome) -> str:
     """``report.md``: best flags against the baseline, the verdict, commands, every trial."""
     import json
 
@@ -235,7 +243,7 @@ def render_tune_report(outcome: Any) -> str:
     def pair(fn: Any) -> str:
         return f"{fn(b) if b is not None else '-'} | {fn(w) if w is not None else '-'}"
 
-    def mean_sd(c: Any) -> str:
+    def mean_sd(c: Candidate) -> str:
         sd = c.stdev
         return fmt_value(c.mean, unit) + ("" if sd != sd else f" ± {fmt_value(sd, unit)}")
 
@@ -247,15 +255,16 @@ def render_tune_report(outcome: Any) -> str:
     lines.append(f"| p99 e2e | {pair(lambda c: fmt_ms(_mean_metric(c, 'e2e_p99')))} |")
     lines.append(f"| preemptions | {pair(lambda c: fmt_number(_mean_metric(c, 'preemptions'), 4) or '-')} |")  # noqa: E501
     if dph:
-        def cost(c: Any) -> str:
-            tps = _mean_metric(c, "output_tok_per_s")
-            return f"${dph / (tps * 3600) * 1e6:,.4f}" if tps else "-"
+        def cost(c: Candidate) -> str:
+            tps = _mean_metric(c, "output_tok_per_s")  # tokens in one second
+            usd = dollars_per_mtok(dph, tps, 1.0) if tps else math.nan
+            return f"${usd:,.4f}" if math.isfinite(usd) else "-"
 
         lines.append(f"| $/Mtok at ${dph:g}/h | {pair(cost)} |")
     if outcome.comparison is not None:
-        c = outcome.comparison
-        lines.append(f"| gain | | {c.gain * 100:+.1f}% ({c.gain_low * 100:+.1f}% .. "
-                     f"{c.gain_high * 100:+.1f}%) |")
+        cmp_ = outcome.comparison
+        lines.append(f"| gain | | {cmp_.gain * 100:+.1f}% ({cmp_.gain_low * 100:+.1f}% .. "
+                     f"{cmp_.gain_high * 100:+.1f}%) |")
     lines.append("")
     lines.append(f"Recommended flags ({outcome.recommend}): `"
                  + json.dumps(dict(outcome.best_flags), sort_keys=True) + "`")
@@ -277,14 +286,15 @@ def render_tune_report(outcome: Any) -> str:
     lines.append("")
     knobs = [k.name for k in cfg.space.knobs]
     lines.append("| # | kind | state | " + " | ".join(knobs) +
-                 f" | {unit} | p99 TTFT | p99 ITL | reason |")
-    lines.append("|" + " --- |" * (7 + len(knobs)))
+                 f" | {unit} | p99 TTFT | p99 ITL | rejected (503) | errors | reason |")
+    lines.append("|" + " --- |" * (9 + len(knobs)))
     for t in outcome.trials:
         m = t.measurement
         vals = " | ".join(knob_cell(t, k) for k in cfg.space.knobs)
         lines.append(
             f"| {t.number} | {t.kind} | {t.state} | {vals} | {fmt_value(t.objective, unit)} | "
             f"{fmt_ms(m.ttft_p99 if m else None)} | {fmt_ms(m.itl_p99 if m else None)} | "
+            f"{_count_of(m, 'rejections')} | {_count_of(m, 'errors')} | "
             f"{t.reason or ', '.join(sorted(t.violations))} |"
         )
     failed = [t for t in outcome.trials if t.state == "failed" and t.log_tail]
@@ -298,7 +308,7 @@ def render_tune_report(outcome: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_tune_outputs(outcome: Any, out: Path) -> list[Path]:
+def write_tune_outputs(outcome: TuneOutcome, out: Path) -> list[Path]:
     """Write trials.csv, best.json, report.md and the plots into ``out``; returns the paths.
 
     Raises TunerError naming the file when it cannot be written (e.g. a full disk).

@@ -295,7 +295,13 @@ def _measure(ctx: TrialContext, canary: Canary, number: int, step: Step,
 
 def _evaluate(ctx: TrialContext, canary: Canary, run: _Run, result: LoadResult, instance: str,
               window_start: int, window_end: int) -> None:
-    """The measurement of a load run; a run with too many errors fails (``load_errors``)."""
+    """The measurement of a load run; a run with too many errors fails (``load_errors``).
+
+    Rejections (503s from admission control) are the server shedding load, not a broken
+    run: they count in the measurement's ``error_rate`` (checked against the SLO's error
+    rate when scoring) but not against ``load.max_error_rate``; a run where nothing
+    succeeded fails all the same.
+    """
     cfg = ctx.cfg
     summary = summarize(result)
     try:
@@ -305,12 +311,14 @@ def _evaluate(ctx: TrialContext, canary: Canary, run: _Run, result: LoadResult, 
         run.notes.append(f"server signals unavailable: {exc}")
     m = measurement_from(summary, signals, goodput(result, cfg.slo, float(summary.duration or 0)))
     run.measurement = m
-    if m.requests == 0 or m.error_rate > cfg.max_error_rate:
+    succeeded = m.requests - m.errors - m.rejections
+    if m.requests == 0 or m.errors / m.requests > cfg.max_error_rate or succeeded == 0:
         alive = canary.alive()
         run.reason = "load_errors"
         run.log_tail = (
-            f"{m.errors}/{m.requests} requests failed "
-            f"(error rate {m.error_rate:.0%} > {cfg.max_error_rate:.0%} allowed)"
+            f"{m.errors}/{m.requests} requests failed and {m.rejections}/{m.requests} were "
+            f"rejected with 503 (errors {m.errors / max(1, m.requests):.0%}, "
+            f"{cfg.max_error_rate:.0%} allowed; {succeeded} succeeded)"
             + ("" if alive else "; the server exited during the load")
             + "\n"
             + canary.log_tail()

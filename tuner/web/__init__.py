@@ -3,12 +3,15 @@
 ``server`` is the listener (``WebServer``: a threading HTTP server over a route table of pure
 handlers, ``Request`` → ``Response``). The daemon registers its endpoints (``/metrics``,
 ``/healthz``) there, and the Prometheus query API (``api``: the handlers over the store;
-``api_format``: Prometheus's parameters, value spelling and JSON envelopes); the status page and
-the listener's TLS and authentication plug into the same server.
+``api_format``: Prometheus's parameters, value spelling and JSON envelopes); the status page
+plugs into the same server. ``webconfig`` is what sits in front of every route: the listener's
+TLS and basic auth users, from a web config file in Prometheus's exporter-toolkit format,
+re-read when it changes.
 """
 
 from tuner.web.api import PrometheusApi
 from tuner.web.server import Handler, Request, Response, Route, WebServer, text_response
+from tuner.web.webconfig import WebConfig, WebConfigWatcher, load_web_config
 
-__all__ = ["Handler", "PrometheusApi", "Request", "Response", "Route", "WebServer",
-           "text_response"]
+__all__ = ["Handler", "PrometheusApi", "Request", "Response", "Route", "WebConfig",
+           "WebConfigWatcher", "WebServer", "load_web_config", "text_response"]

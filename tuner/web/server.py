@@ -6,11 +6,21 @@ socket. The server decodes the query string and a form-encoded body (``POST`` wi
 ``application/x-www-form-urlencoded``, as Prometheus's API accepts) into ``Request.params``,
 answers ``404`` for an unknown path and ``405`` (with ``Allow``) for a known path and another
 method, and turns a handler that raises into a ``500`` without stopping the listener.
+
+What sits in front of every route is the web configuration (``tuner.web.webconfig``): with
+``tls_server_config`` each connection is wrapped in TLS with the context current when it
+arrives (so a renewed certificate is used without a restart; plain HTTP sent to the TLS port
+gets a ``400`` saying so, as Go's servers answer); with ``basic_auth_users`` every request
+needs valid credentials (``401`` with ``WWW-Authenticate`` otherwise) except the paths in
+``open_paths`` (``/healthz`` for probes, unless configured otherwise).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+import ssl
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,10 +29,15 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from tuner.errors import TunerError
+from tuner.web.webconfig import AUTH_REALM, WebConfigWatcher, peer_allowed
 
 log = logging.getLogger("tuner.web")
 
 MAX_BODY_BYTES = 1 << 20  # a query or form body larger than this is refused (413)
+TLS_HANDSHAKE_TIMEOUT = 10.0
+_TLS_HANDSHAKE_RECORD = 0x16
+PLAIN_HTTP_TO_TLS = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                     b"Connection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
 
 
 @dataclass(frozen=True)
@@ -104,10 +119,14 @@ def dispatch(routes: Sequence[Route], request: Request) -> Response:
 class WebServer:
     """The sidecar's listener over a route table; ``start()`` binds, ``stop()`` closes."""
 
-    def __init__(self, host: str, port: int, routes: Sequence[Route]) -> None:
+    def __init__(self, host: str, port: int, routes: Sequence[Route],
+                 security: WebConfigWatcher | None = None,
+                 open_paths: Sequence[str] = ("/healthz",)) -> None:
         self.host = host
         self.port = port
         self.routes: list[Route] = list(routes)
+        self.security = security or WebConfigWatcher(None)
+        self.open_paths = tuple(open_paths)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -118,7 +137,8 @@ class WebServer:
     def start(self) -> None:
         """Bind and serve in a background thread; TunerError naming the address if it cannot."""
         try:
-            self._server = ThreadingHTTPServer((self.host, self.port), _make_handler(self))
+            self._server = _ListenerServer((self.host, self.port), _make_handler(self),
+                                           self.security)
         except OSError as exc:
             raise TunerError(
                 f"listen {self.host}:{self.port}: cannot bind: {exc.strerror}") from None
@@ -126,6 +146,11 @@ class WebServer:
         self._thread = threading.Thread(target=self._server.serve_forever, name="tuner-http",
                                         daemon=True)
         self._thread.start()
+
+    @property
+    def scheme(self) -> str:
+        """``https`` when the web config has TLS, else ``http``."""
+        return "https" if self.security.tls else "http"
 
     @property
     def address(self) -> tuple[str, int]:
@@ -142,12 +167,66 @@ class WebServer:
             self._server = None
 
 
+class _ListenerServer(ThreadingHTTPServer):
+    """A threading HTTP server that wraps each connection in the TLS context of the moment."""
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
+                 security: WebConfigWatcher) -> None:
+        self.security = security
+        super().__init__(address, handler)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # runs in the connection's own thread, so a slow handshake holds up no one else
+        _config, context = self.security.current()
+        if context is None:
+            super().finish_request(request, client_address)
+            return
+        conn: socket.socket = request
+        conn.settimeout(TLS_HANDSHAKE_TIMEOUT)
+        try:
+            first = conn.recv(1, socket.MSG_PEEK)
+            if first and first[0] != _TLS_HANDSHAKE_RECORD:
+                conn.sendall(PLAIN_HTTP_TO_TLS)
+                log.info("http: %s sent plain HTTP to the TLS listener", client_address[0])
+                return
+            tls_conn = context.wrap_socket(conn, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            log.info("http: TLS handshake with %s failed: %s", client_address[0], exc)
+            return
+        tls_conn.settimeout(None)
+        try:
+            super().finish_request(tls_conn, client_address)
+        finally:
+            with contextlib.suppress(OSError):
+                tls_conn.close()
+
+    def shutdown_request(self, request: Any) -> None:
+        with contextlib.suppress(OSError):  # a TLS connection was closed already
+            super().shutdown_request(request)
+
+
+def _unauthorized() -> Response:
+    return Response(401, b"unauthorized: valid credentials are required\n",
+                    headers=(("WWW-Authenticate", AUTH_REALM),))
+
+
 def _make_handler(server: WebServer) -> type[BaseHTTPRequestHandler]:
     class RequestHandler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def _handle(self) -> None:
             url = urlsplit(self.path)
+            config, _context = server.security.current()
+            self._extra_headers = config.headers
+            if isinstance(self.connection, ssl.SSLSocket) and not peer_allowed(
+                    config, self.connection.getpeercert()):
+                self._send(text_response(403, "client certificate not allowed\n"))
+                return
+            if url.path not in server.open_paths and not server.security.authorized(
+                    config, self.headers.get("Authorization")):
+                self._discard_body()
+                self._send(_unauthorized())
+                return
             params: dict[str, list[str]] = parse_qs(url.query, keep_blank_values=True)
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_BODY_BYTES:
@@ -163,13 +242,20 @@ def _make_handler(server: WebServer) -> type[BaseHTTPRequestHandler]:
                               {k.lower(): v for k, v in self.headers.items()}, body)
             self._send(dispatch(server.routes, request))
 
+        def _discard_body(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            if 0 < length <= MAX_BODY_BYTES:
+                self.rfile.read(length)
+            elif length:
+                self.close_connection = True
+
         do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _handle
 
         def _send(self, response: Response) -> None:
             self.send_response(response.status)
             self.send_header("Content-Type", response.content_type)
             self.send_header("Content-Length", str(len(response.body)))
-            for name, value in response.headers:
+            for name, value in (*getattr(self, "_extra_headers", ()), *response.headers):
                 self.send_header(name, value)
             self.end_headers()
             if self.command != "HEAD":
