@@ -46,6 +46,7 @@ from tuner.tune import (
     plan_steps,
     prepare_out,
     score_trial,
+    slo_violations,
     summarize_search,
     tell_history,
     told_history,
@@ -665,3 +666,84 @@ def test_server_signals_use_the_production_signal_queries_over_the_trial_window(
     assert sig["kv_usage_mean"] == pytest.approx(2.0 / 11)
     assert math.isnan(sig["spec_decode_acceptance"])  # no speculative decoding exported
     store.close()
+
+
+def test_server_latency_histograms_over_the_trial_window(tmp_path: Path) -> None:
+    """The canary's TTFT, ITL and queue-time histograms, read through the production signal
+    expressions over the window: quantiles interpolate inside buckets, the ITL mean is
+    sum / count; another trial's histograms do not leak in."""
+    from tuner.store import Store
+    from tuner.tune import server_signals
+
+    store = Store(tmp_path / "s.db")
+    t0 = 1_700_000_000_000
+    points = []
+    for i in range(11):
+        ts = t0 + i * 1000
+        for inst, scale in (("trial-3", 1.0), ("trial-4", 50.0)):
+            lab = (("instance", inst), ("job", "vllm"), ("model_name", "m"), ("engine", "0"))
+            # every TTFT in (0.1, 0.5]; every ITL in (0.01, 0.025]; queue times in (0, 0.01]
+            for name, bounds, inside in (
+                ("vllm:time_to_first_token_seconds", ("0.1", "0.5", "1.0", "+Inf"), 1),
+                ("vllm:inter_token_latency_seconds", ("0.01", "0.025", "0.05", "+Inf"), 1),
+                ("vllm:request_queue_time_seconds", ("0.01", "0.1", "+Inf"), 0),
+            ):
+                for j, le in enumerate(bounds):
+                    n = 10.0 * i * scale if j >= inside else 0.0
+                    points.append((f"{name}_bucket", (*lab, ("le", le)), ts, n))
+                points.append((f"{name}_count", lab, ts, 10.0 * i * scale))
+            points.append(("vllm:inter_token_latency_seconds_sum", lab, ts,
+                           10.0 * i * scale * 0.02))
+    store.append_points(points)
+    sig = server_signals(store, "trial-3", t0, t0 + 10_000)
+    assert sig["server_ttft_p50"] == pytest.approx(0.3)
+    assert sig["server_ttft_p99"] == pytest.approx(0.1 + 0.4 * 0.99)
+    assert sig["server_itl_p50"] == pytest.approx(0.0175)
+    assert sig["server_itl_mean"] == pytest.approx(0.02)
+    assert sig["server_queue_p99"] == pytest.approx(0.0099)
+    m = measurement_from_signals(sig)
+    assert m.server_ttft_p99 == pytest.approx(sig["server_ttft_p99"])
+    assert Measurement.from_json(m.to_json()).server_itl_mean == pytest.approx(0.02)
+    store.close()
+
+
+def measurement_from_signals(sig: dict[str, float]) -> Measurement:
+    from tuner.tune.trial import measurement_from
+
+    return measurement_from(meas(1000.0), sig, 900.0)
+
+
+def test_every_slo_is_checked_on_a_named_client_figure() -> None:
+    from tuner.tune import SLO_CHECKS, FigureSource
+
+    assert [c.slo for c in SLO_CHECKS] == list(TuneSLO.__dataclass_fields__)
+    assert all(c.source is FigureSource.CLIENT and c.figure in Measurement.__dataclass_fields__
+               for c in SLO_CHECKS)
+    assert {c.counterpart for c in SLO_CHECKS} >= {"server_ttft_p99", "server_itl_p99"}
+    v = slo_violations(meas(1000.0, ttft=5.0), TuneSLO(ttft_p99_seconds=2.5))
+    assert v == {"ttft_p99_seconds": pytest.approx(2.0)}
+
+
+def test_explain_latency_gap() -> None:
+    from tuner.report.latency import explain_latency_gap
+
+    assert explain_latency_gap("TTFT p99", 0.2, 0.19) is None  # close: nothing to explain
+    assert explain_latency_gap("TTFT p99", 0.003, 0.001) is None  # tiny in absolute terms
+    assert explain_latency_gap("TTFT p99", None, 0.1) is None
+    far = explain_latency_gap("TTFT p99", 0.9, 0.3)
+    assert far is not None and "3.0x the server's" in far and "cpus:" in far
+    chunky = explain_latency_gap("ITL p50", 0.03, 0.01, tokens_per_chunk=4.0)
+    assert chunky is not None and "4.0 per chunk" in chunky
+    below = explain_latency_gap("ITL p50", 0.001, 0.008)
+    assert below is not None and "below the server's" in below and "buckets" in below
+
+
+def test_report_names_the_source_of_every_latency_figure() -> None:
+    cfg = config()
+    trials = [trial(cfg, 0, "baseline", None, 1000.0, ttft=0.9)]
+    md = render_tune_report(summarize_search(cfg, trials))
+    assert "## Latency: client and server" in md
+    assert "`ttft_p99_seconds` ≤ 2.5: p99 TTFT, per request at the load client — source " \
+           "**client**" in md
+    assert "| TTFT p99 | server: vllm:time_to_first_token_seconds |" in md
+    assert "| ITL p99 (per chunk) | client: gap / tokens in the chunk |" in md
