@@ -239,12 +239,9 @@ class Config:
     launch: Mapping[str, Any] = field(default_factory=dict)
     suggest: SuggestSchedule = field(default_factory=SuggestSchedule)
     tune: TuneWindow = field(default_factory=TuneWindow)
-<<<<<<< HEAD
     query: QueryConfig = field(default_factory=QueryConfig)
-=======
     web_config_file: Path | None = None
     healthz_open: bool = True
->>>>>>> main
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -334,12 +331,9 @@ _TOP_KEYS = {
     "launch": "mapping",
     "suggest": "mapping",
     "tune": "mapping",
-<<<<<<< HEAD
     "query": "mapping",
-=======
     "web_config_file": "path of the listener's web config (TLS, basic auth users)",
     "healthz_open": "bool: /healthz answers without credentials",
->>>>>>> main
 }
 _TARGET_KEYS = {"name": "", "url": "", "kind": "", "labels": "", "timeout": ""}
 _STORE_KEYS = {"path": "", "retention": "", "max_size": ""}
@@ -455,16 +449,13 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     )
 
     tune = _parse_tune_window(r, top.get("tune"), base_dir)
-<<<<<<< HEAD
     query = _parse_query(r, top.get("query"))
-=======
     web_config = top.get("web_config_file")
     web_config_file = (_relative(base_dir, r.string(web_config, "web_config_file"))
                        if web_config is not None else None)
     healthz_open = top.get("healthz_open", True)
     if not isinstance(healthz_open, bool):
         raise r.fail("healthz_open", f"{healthz_open!r} is not true or false")
->>>>>>> main
 
     return Config(
         source=Path(source) if not source.startswith("<") else None,
@@ -483,12 +474,9 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         launch=dict(launch),
         suggest=suggest,
         tune=tune,
-<<<<<<< HEAD
         query=query,
-=======
         web_config_file=web_config_file,
         healthz_open=healthz_open,
->>>>>>> main
     )
 
 

@@ -35,11 +35,15 @@ from tuner.ingest import Ingest, IngestReport
 from tuner.promql import QueryLimits
 from tuner.scrape import ScrapeOutcome, make_client, scrape_all
 from tuner.store import Store
-<<<<<<< HEAD
-from tuner.web import PrometheusApi, Request, Response, Route, WebServer, text_response
-=======
-from tuner.web import Request, Response, Route, WebConfigWatcher, WebServer, text_response
->>>>>>> main
+from tuner.web import (
+    PrometheusApi,
+    Request,
+    Response,
+    Route,
+    WebConfigWatcher,
+    WebServer,
+    text_response,
+)
 
 log = logging.getLogger("tuner.daemon")
 
