@@ -155,6 +155,70 @@ def test_invalid_space_is_rejected_naming_file_key_and_what_is_allowed(
     assert words in msg
 
 
+def test_admission_and_active_seq_knobs_are_off_by_default_and_on_by_config() -> None:
+    assert not {"max-num-active-seqs", "max-num-queued-reqs", "max-num-queued-tokens"} & {
+        k.name for k in config().space.knobs}
+    cfg = config(space={"max-num-queued-reqs": {}, "max-num-queued-tokens": {"high": 65536},
+                        "max-num-active-seqs": {"values": [4, 8]}})
+    knobs = {k.name: k for k in cfg.space.knobs}
+    reqs, toks = knobs["max-num-queued-reqs"], knobs["max-num-queued-tokens"]
+    assert (reqs.flag, reqs.kind, reqs.low, reqs.high, reqs.log) == (
+        "max-num-queued-reqs", "integer", 4, 4096, True)
+    assert (toks.low, toks.high, toks.kind) == (1024, 65536, "integer")
+    assert knobs["max-num-active-seqs"].values == (4, 8)
+    assert cfg.space.flags({"max-num-queued-reqs": 16, "max-num-active-seqs": 4}) == {
+        "max-num-queued-reqs": 16, "max-num-active-seqs": 4}
+
+
+@pytest.mark.parametrize(
+    ("space", "key", "words"),
+    [
+        ({"max-num-queued-reqs": {"low": 0, "high": 64}}, "space.max-num-queued-reqs.low",
+         "--max-num-queued-reqs takes whole numbers >= 1, got low=0"),
+        ({"max-num-queued-tokens": {"low": -5, "high": 64}},
+         "space.max-num-queued-tokens.low", "vLLM refuses 0 and negative caps"),
+        ({"max-num-queued-tokens": {"low": 1.5, "high": 64.0}},
+         "space.max-num-queued-tokens.type", "takes whole numbers: use type integer"),
+        ({"max-num-active-seqs": {"values": [4, 0, "many"]}}, "space.max-num-active-seqs.values",
+         "[0, 'many']: --max-num-active-seqs takes whole numbers >= 1"),
+        ({"max-num-active-seqs": {"values": [True, 4]}}, "space.max-num-active-seqs.values",
+         "takes whole numbers >= 1"),
+        ({"max-num-seqs": {"low": 8, "high": 32}, "max-num-active-seqs": {"low": 64,
+                                                                          "high": 128}},
+         "space.max-num-active-seqs.low", "above the largest max-num-seqs searched (32)"),
+        ({"max-num-queued-reqs": {"low": "few", "high": 8}}, "space.max-num-queued-reqs.low",
+         "'few' is not a number"),
+        ({"max-num-queued-reqs": 16}, "space.max-num-queued-reqs", ""),
+    ],
+)
+def test_bad_admission_knob_values_are_config_errors(
+    space: dict[str, Any], key: str, words: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        config(space=space)
+    msg = str(err.value)
+    assert msg.startswith(f"/etc/tune.yaml: {key}: "), msg
+    assert words in msg
+
+
+def test_max_num_active_seqs_above_max_num_seqs_is_repaired_or_rejected() -> None:
+    cfg = config(space={"max-num-seqs": {"low": 8, "high": 64},
+                        "max-num-active-seqs": {"low": 4, "high": 64}})
+    flags, notes = apply_constraints(
+        {"max-num-seqs": 16, "max-num-batched-tokens": 512, "max-num-active-seqs": 40},
+        cfg.space, Constraints())
+    assert flags is not None and flags["max-num-active-seqs"] == 16
+    assert notes == ("repaired max-num-active-seqs 40 -> 16 (must be <= max-num-seqs)",)
+    flags, notes = apply_constraints(
+        {"max-num-seqs": 16, "max-num-batched-tokens": 512, "max-num-active-seqs": 40},
+        cfg.space, Constraints(repair=False))
+    assert flags is None and "max-num-active-seqs 40 > max-num-seqs 16" in notes[0]
+    flags, notes = apply_constraints(
+        {"max-num-seqs": 16, "max-num-batched-tokens": 512, "max-num-active-seqs": 8},
+        cfg.space, Constraints())
+    assert flags is not None and flags["max-num-active-seqs"] == 8 and not notes
+
+
 def test_unknown_flag_error_lists_the_allowed_flags() -> None:
     with pytest.raises(ConfigError) as err:
         config(space={"foo": {"flag": "not-a-flag", "low": 1, "high": 2}})

@@ -14,7 +14,7 @@ from tuner.config import Config
 from tuner.errors import TunerError
 from tuner.notify import Notifier
 from tuner.promql import Engine, Querier
-from tuner.rules import RuleEngine, RuleStatus, load_configured_rules
+from tuner.rules import AlertState, RuleEngine, RuleStatus, load_configured_rules
 from tuner.store import Store
 
 log = logging.getLogger("tuner.daemon")
@@ -42,7 +42,7 @@ class Alerting:
         if config.prometheus_url:
             from tuner.source import PrometheusSource
 
-            querier = PrometheusSource(config.prometheus_url)
+            querier = PrometheusSource(config.prometheus_url, http=config.prometheus_http)
             writer: Store | None = None
         else:
             # long-lived evaluator over a store that grows at its end: cache read windows
@@ -57,7 +57,8 @@ class Alerting:
         if restored:
             log.info("rules: restored %d alerts from the store", restored)
         timeout = min((am.timeout for am in config.alertmanagers), default=10.0)
-        self.notifier = Notifier([am.url for am in config.alertmanagers], timeout=timeout)
+        self.notifier = Notifier([am.url for am in config.alertmanagers],
+                                 http=[am.http for am in config.alertmanagers], timeout=timeout)
         self._lock = threading.Lock()
         self.evaluations = Counter("tuner_rule_evaluations", "Rule evaluation cycles.",
                                    registry=registry)
@@ -102,6 +103,11 @@ class Alerting:
         """Every rule's health and alerts, for ``/api/v1/rules`` and ``/api/v1/alerts``."""
         with self._lock:  # evaluate() mutates the rule states
             return self.engine.rule_statuses()
+
+    def current_alerts(self) -> list[AlertState]:
+        """Pending and firing alerts now (the status page's view), read under the job's lock."""
+        with self._lock:
+            return self.engine.alerts(include_resolved=False)
 
     def reload(self) -> bool:
         """Load the rules again; on error keep the last good rules and log why."""

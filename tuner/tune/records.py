@@ -2,7 +2,8 @@
 
 * ``TrialKind``: the order a search runs trials in (baseline, search, repeat, confirm).
   ``TrialState``: ok = ran and met the SLO; slo = ran and missed it; failed = no usable
-  measurement (exit, oom, health_timeout, start_error, load_error, load_errors); rejected = a
+  measurement (exit, oom, health_timeout, start_error, flag_rejected: vLLM refused a flag,
+  load_error, load_errors); rejected = a
   constraint ruled the candidate out before launch.
 * ``Measurement``: the load run's client-side summary plus the canary's server-side signals.
 * ``Trial``: one finished trial as persisted (``to_json``/``from_json``: the store document).
