@@ -185,7 +185,8 @@ def test_get_and_form_post_over_a_socket(store: Store) -> None:
     ({"query": "nosuchfn(req_total)"}, 'unknown function "nosuchfn"'),
     ({"query": ""}, 'invalid parameter "query": '),
     ({"query": "up", "time": "yesterday"},
-     'invalid parameter "time": cannot parse "yesterday" to a valid timestamp'),
+     'invalid parameter "time": Invalid time value for \'time\': cannot parse "yesterday" to a '
+     "valid timestamp"),
     ({"query": "up", "time": "2023-02-30T00:00:00Z"}, 'invalid parameter "time"'),
     ({"query": "up", "timeout": "soon"},
      'invalid parameter "timeout": cannot parse "soon" to a valid duration'),
@@ -229,8 +230,8 @@ def test_range_query_of_a_range_vector_is_refused(api: PrometheusApi) -> None:
     status, etype, message = error(api, "/api/v1/query_range", query="temp[1m]", start=T0,
                                    end=T0 + 60, step=15)
     assert (status, etype) == (400, "bad_data")
-    assert message == ('invalid parameter "query": invalid expression type "range vector" for '
-                       "range query, must be Scalar or instant Vector")
+    assert message == ('invalid expression type "range vector" for range query, must be Scalar '
+                       "or instant Vector")
 
 
 def test_evaluation_error_is_execution_422(api: PrometheusApi) -> None:

@@ -168,8 +168,16 @@ class PrometheusApi:
 
     @staticmethod
     def _time(request: Request, name: str, default: int) -> int:
+        """An optional time parameter (Prometheus's parseTimeParam, with its wording)."""
         text = request.param(name)
-        return parse_time(text, name) if text else default
+        if not text:
+            return default
+        try:
+            return parse_time(text, name)
+        except ApiError as exc:
+            prefix = f'invalid parameter "{name}": '
+            raise bad_param(name, f"Invalid time value for '{name}': "
+                            f"{str(exc).removeprefix(prefix)}") from None
 
     def _selectors(self, request: Request, required: bool) -> list[tuple[Matcher, ...]]:
         texts = request.params_all("match[]")
@@ -231,8 +239,8 @@ class PrometheusApi:
         kind = type_of(expr)
         if kind not in (ValueType.SCALAR, ValueType.VECTOR):
             names = {ValueType.MATRIX: "range vector", ValueType.STRING: "string"}
-            raise bad_param("query", f'invalid expression type "{names[kind]}" for range query, '
-                            "must be Scalar or instant Vector")
+            raise bad_data(f'invalid expression type "{names[kind]}" for range query, '
+                           "must be Scalar or instant Vector")
         series = self._run(lambda: engine.range(expr, start / 1000, end / 1000, step / 1000))
         ordered = sorted(series, key=lambda s: sorted(s.labels.items()))
         return success(matrix_json([(s.labels, s.timestamps, s.values) for s in ordered]))
