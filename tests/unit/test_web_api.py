@@ -374,3 +374,26 @@ def test_rules_and_alerts_from_the_rule_engine(store: Store) -> None:
         assert [a["labels"]["instance"] for a in alerts] == ["a", "b"]
     finally:
         api.close()
+
+
+def test_worker_processes_answer_like_the_threads(store: Store) -> None:
+    """The daemon's setting: store routes answered by spawned worker processes."""
+    in_thread = PrometheusApi(store, clock=lambda: T0 + 600.0)
+    workers = PrometheusApi(store, worker_store=store.path, max_concurrency=1,
+                            clock=lambda: T0 + 600.0)
+    try:
+        for path, params in [
+            ("/api/v1/query", {"query": "sum by (instance) (rate(req_total[1m]))"}),  # time: now
+            ("/api/v1/query_range", {"query": "temp", "start": T0, "end": T0 + 60, "step": 15}),
+            ("/api/v1/series", {"match": ["req_total"]}),
+            ("/api/v1/label/__name__/values", {}),
+            ("/api/v1/query", {"query": "sum(req_total"}),  # bad_data from the worker
+            ("/api/v1/query_range", {"query": "temp", "start": 0, "end": T0, "step": 1}),
+        ]:
+            assert call(workers, path, **params) == call(in_thread, path, **params), path
+        # the worker reads what is written after it started
+        store.append_points([("late", (), (T0 + 600) * 1000, 7.0)])
+        assert ok(workers, "/api/v1/query", query="late")["result"][0]["value"][1] == "7"
+    finally:
+        workers.close()
+        in_thread.close()

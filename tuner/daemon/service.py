@@ -144,7 +144,7 @@ class Daemon:
             self.store, limits=QueryLimits(q.timeout, q.max_samples),
             lookback_delta=q.lookback_delta, rules=self.alerting,
             evaluation_interval=config.evaluation_interval, max_concurrency=q.max_concurrency,
-            clock=clock)
+            worker_store=self.store.path, clock=clock)
         self.web.add_routes(self.api.routes())
         self.page = StatusPage(PageSources(config, self.store.path, self.alerting.current_alerts,
                                            self._tuning_progress, clock))

@@ -16,18 +16,25 @@
   empty list after validating the request) — what Grafana's Prometheus data source calls when
   it is saved and tested and when its query editor fills in names.
 
-Every store read runs on a small pool of query threads (``max_concurrency``): the HTTP
-threads only wait, the number of SQLite connections the API opens stays bounded, and the
-scrape loop keeps its own thread and connection (SQLite's WAL lets it write while queries
-read).
+Every store read runs off the HTTP threads, at most ``max_concurrency`` at a time. Given
+``worker_store`` (the daemon gives its store's path), queries and catalogue reads run in that
+many worker processes (spawned, at a lower CPU priority), each with its own read-only view of
+the store: a slow query then cannot take the interpreter from the scrape loop (it would, in a
+thread: the GIL), and SQLite's WAL lets the scrape loop write while workers read. Without it
+(tests, ``tuner status``-like readers) the same handlers run on a small thread pool.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.pool import Pool
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from tuner import __version__
@@ -36,7 +43,7 @@ from tuner.promql import Engine, Expr, QueryLimits, SeriesReader, ValueType, Vec
 from tuner.promql import parse_expr as _parse_expr
 from tuner.promql.syntax import type_of
 from tuner.rules import RuleKind, RuleStatus
-from tuner.store import Matcher
+from tuner.store import Matcher, Store
 from tuner.web.api_format import (
     MAX_TIME_MS,
     MIN_TIME_MS,
@@ -56,7 +63,7 @@ from tuner.web.api_format import (
     success_value,
     vector_json,
 )
-from tuner.web.server import Request, Response, Route
+from tuner.web.server import Request, Response, Route, dispatch
 
 PROMETHEUS_VERSION = "2.42.0"  # the semantics tuner.promql follows; clients gate features on it
 _LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -95,6 +102,7 @@ class PrometheusApi:
         evaluation_interval: float = 15.0,
         metadata: MetadataView | None = None,
         max_concurrency: int = 4,
+        worker_store: Path | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -108,23 +116,63 @@ class PrometheusApi:
         self.monotonic = monotonic
         self._pool = ThreadPoolExecutor(max_workers=max(1, max_concurrency),
                                         thread_name_prefix="tuner-query")
+        self.worker_store = worker_store
+        self.max_concurrency = max(1, max_concurrency)
+        self._workers: Pool | None = None  # started by the first request that needs them
+        self._workers_lock = threading.Lock()
 
     def routes(self) -> list[Route]:
-        both = ("GET", "POST")
         return [
+            *self.store_routes(),
+            Route("/api/v1/metadata", self._wrap(self.metadata)),
+            Route("/api/v1/rules", self._wrap(self.rule_groups)),
+            Route("/api/v1/alerts", self._wrap(self.alerts)),
+            Route("/api/v1/status/buildinfo", self._wrap(self.buildinfo)),
+        ]
+
+    def store_routes(self) -> list[Route]:
+        """The routes that read the store (what worker processes answer)."""
+        both = ("GET", "POST")
+        routes = [
             Route("/api/v1/query", self._wrap(self.query), both),
             Route("/api/v1/query_range", self._wrap(self.query_range), both),
             Route("/api/v1/series", self._wrap(self.series), both),
             Route("/api/v1/labels", self._wrap(self.labels), both),
             Route("/api/v1/label/", self._wrap(self.label_values)),
-            Route("/api/v1/metadata", self._wrap(self.metadata)),
-            Route("/api/v1/rules", self._wrap(self.rule_groups)),
-            Route("/api/v1/alerts", self._wrap(self.alerts)),
-            Route("/api/v1/status/buildinfo", self._wrap(self.buildinfo)),
             Route("/api/v1/query_exemplars", self._wrap(self.query_exemplars), both),
         ]
+        if self.worker_store is None:
+            return routes
+        return [Route(r.path, self._wrap(self._forward), r.methods) for r in routes]
+
+    def _worker_pool(self) -> Pool:
+        with self._workers_lock:
+            if self._workers is None:
+                ctx = multiprocessing.get_context("spawn")  # never fork a threaded daemon
+                self._workers = ctx.Pool(self.max_concurrency, _worker_init,
+                                         (str(self.worker_store), self.limits,
+                                          self.lookback_delta))
+            return self._workers
+
+    def _forward(self, request: Request) -> Response:
+        """Answer a store route in a worker process (``time`` defaults to our clock's now)."""
+        params = {k: list(v) for k, v in request.params.items()}
+        if request.path == "/api/v1/query" and not request.param("time"):
+            params["time"] = [repr(self.clock())]
+        job = self._worker_pool().apply_async(_worker_answer,
+                                              (request.method, request.path, params))
+        try:
+            response: Response = job.get(timeout=self.limits.timeout + 60)
+        except multiprocessing.TimeoutError:
+            raise ApiError(ErrorType.INTERNAL, "query worker did not answer") from None
+        return response
 
     def close(self) -> None:
+        with self._workers_lock:
+            if self._workers is not None:
+                self._workers.terminate()  # a query still running is abandoned, not awaited
+                self._workers.join()
+                self._workers = None
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -317,3 +365,21 @@ def _required(request: Request, name: str) -> str:
         what = "duration" if name == "step" else "timestamp"
         raise bad_param(name, f'cannot parse "" to a valid {what}')
     return value
+
+
+# -- worker processes ----------------------------------------------------------------------------
+
+_WORKER: PrometheusApi | None = None
+
+
+def _worker_init(store_path: str, limits: QueryLimits, lookback_delta: float) -> None:
+    """Start one query worker: lower CPU priority, its own read-only store."""
+    global _WORKER
+    os.nice(5)  # the scrape loop, in the daemon's process, comes first
+    _WORKER = PrometheusApi(Store(store_path, read_only=True), limits=limits,
+                            lookback_delta=lookback_delta, max_concurrency=1)
+
+
+def _worker_answer(method: str, path: str, params: dict[str, list[str]]) -> Response:
+    assert _WORKER is not None
+    return dispatch(_WORKER.store_routes(), Request(method, path, params))
