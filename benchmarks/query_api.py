@@ -122,6 +122,8 @@ def run(wd: Path, args: argparse.Namespace) -> None:
     client = httpx.Client(timeout=600, trust_env=False)
     try:
         wait_http(f"{sidecar}/healthz", 60, daemon, wd / "tuner.log")
+        for _ in range(4):  # warm up: the sidecar's query workers start on first use
+            timed_range(client, sidecar, "vector(1)", sc.start, sc.end, 600.0)
         compare_queries(client, sidecar, prom.url, sc, args.repeats)
         scraping_under_load(client, sidecar, sc, args.window)
     finally:
