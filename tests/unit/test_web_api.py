@@ -16,6 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.dcgm import DcgmExporter
+from tuner.config import parse_config
+from tuner.daemon import Daemon
 from tuner.promql import Engine, QueryLimits
 from tuner.rules import RuleEngine, load_rule_texts
 from tuner.store import STALE_NAN, Store
@@ -397,3 +400,23 @@ def test_worker_processes_answer_like_the_threads(store: Store) -> None:
     finally:
         workers.close()
         in_thread.close()
+
+
+def test_metadata_from_the_newest_scrape(tmp_path: Path, dcgm_exporter: DcgmExporter) -> None:
+    cfg = parse_config({"targets": [{"name": "gpu", "url": dcgm_exporter.url, "kind": "dcgm"}],
+                        "store": {"path": str(tmp_path / "t.db")}, "listen": "127.0.0.1:0"},
+                       str(tmp_path / "tuner.yaml"))
+    daemon = Daemon(cfg)
+    try:
+        assert ok(daemon.api, "/api/v1/metadata") == {}  # nothing scraped yet
+        daemon.scrape_once()
+        meta = ok(daemon.api, "/api/v1/metadata")
+        assert meta["DCGM_FI_DEV_FB_USED"] == [
+            {"type": "gauge", "help": "Framebuffer memory used (in MiB).", "unit": ""}]
+        assert len(meta) == 11
+        assert list(ok(daemon.api, "/api/v1/metadata", metric="DCGM_FI_DEV_GPU_UTIL")) == [
+            "DCGM_FI_DEV_GPU_UTIL"]
+        assert len(ok(daemon.api, "/api/v1/metadata", limit=3)) == 3
+        assert error(daemon.api, "/api/v1/metadata", limit="many")[:2] == (400, "bad_data")
+    finally:
+        daemon.stop()

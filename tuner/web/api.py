@@ -26,6 +26,7 @@ thread: the GIL), and SQLite's WAL lets the scrape loop write while workers read
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import re
@@ -65,6 +66,7 @@ from tuner.web.api_format import (
 )
 from tuner.web.server import Request, Response, Route, dispatch
 
+log = logging.getLogger("tuner.web")
 PROMETHEUS_VERSION = "2.42.0"  # the semantics tuner.promql follows; clients gate features on it
 _LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 T = TypeVar("T")
@@ -151,7 +153,7 @@ class PrometheusApi:
                 ctx = multiprocessing.get_context("spawn")  # never fork a threaded daemon
                 self._workers = ctx.Pool(self.max_concurrency, _worker_init,
                                          (str(self.worker_store), self.limits,
-                                          self.lookback_delta))
+                                          self.lookback_delta, self.evaluation_interval))
             return self._workers
 
     def _forward(self, request: Request) -> Response:
@@ -196,13 +198,18 @@ class PrometheusApi:
             raise ApiError(ErrorType.EXECUTION, str(exc)) from None
         except StoreError as exc:
             raise ApiError(ErrorType.INTERNAL, str(exc)) from None
+        except Exception as exc:  # e.g. SQLite busy past its timeout: still Prometheus's envelope
+            log.exception("query API: store read failed")
+            raise ApiError(ErrorType.INTERNAL, f"internal error: {exc}") from None
 
     def _engine(self, request: Request) -> Engine:
         limits = self.limits
         text = request.param("timeout")
         if text:
             limits = limits.with_timeout(parse_step(text, "timeout") / 1000)
-        return Engine(self.catalog, self.lookback_delta, limits=limits, clock=self.monotonic)
+        # a subquery without a step ([30m:]) steps at the evaluation interval, as in Prometheus
+        return Engine(self.catalog, self.lookback_delta, limits=limits, clock=self.monotonic,
+                      subquery_step=self.evaluation_interval)
 
     def _now_ms(self) -> int:
         return round(self.clock() * 1000)
@@ -372,12 +379,14 @@ def _required(request: Request, name: str) -> str:
 _WORKER: PrometheusApi | None = None
 
 
-def _worker_init(store_path: str, limits: QueryLimits, lookback_delta: float) -> None:
+def _worker_init(store_path: str, limits: QueryLimits, lookback_delta: float,
+                 evaluation_interval: float) -> None:
     """Start one query worker: lower CPU priority, its own read-only store."""
     global _WORKER
     os.nice(5)  # the scrape loop, in the daemon's process, comes first
     _WORKER = PrometheusApi(Store(store_path, read_only=True), limits=limits,
-                            lookback_delta=lookback_delta, max_concurrency=1)
+                            lookback_delta=lookback_delta, evaluation_interval=evaluation_interval,
+                            max_concurrency=1)
 
 
 def _worker_answer(method: str, path: str, params: dict[str, list[str]]) -> Response:
