@@ -14,7 +14,7 @@ from tuner.config import Config
 from tuner.errors import TunerError
 from tuner.notify import Notifier
 from tuner.promql import Engine, Querier
-from tuner.rules import RuleEngine, load_configured_rules
+from tuner.rules import AlertState, RuleEngine, load_configured_rules
 from tuner.store import Store
 
 log = logging.getLogger("tuner.daemon")
@@ -58,6 +58,8 @@ class Alerting:
             log.info("rules: restored %d alerts from the store", restored)
         timeout = min((am.timeout for am in config.alertmanagers), default=10.0)
         self.notifier = Notifier([am.url for am in config.alertmanagers], timeout=timeout)
+        #: Alerts raised by the daemon itself (the drift check), listed with the rules' alerts.
+        self.external: list[Callable[[], list[AlertState]]] = []
         self._lock = threading.Lock()
         self.evaluations = Counter("tuner_rule_evaluations", "Rule evaluation cycles.",
                                    registry=registry)
@@ -127,6 +129,8 @@ class _AlertsCollector:
                         "gauge")
         with self.alerting._lock:  # evaluate() mutates the alert maps
             current = self.alerting.engine.alerts(include_resolved=False)
+        for provider in self.alerting.external:
+            current = [*current, *provider()]
         for a in current:
             alerts.add_sample("tuner_alerts", {**a.labels, "alertstate": a.state}, 1.0)
         yield alerts

@@ -295,6 +295,9 @@ class TuneOutcome:
     best_flags: Mapping[str, Any] = field(default_factory=dict)
     best_args: tuple[str, ...] = ()
     recommend: Recommendation = Recommendation.BASELINE
+    #: The workload fingerprint the search was tuned for (``tuner.tune.fingerprint``); None
+    #: when no baseline trial was measured. The daemon's drift check compares production with it.
+    workload: Mapping[str, Any] | None = None
 
     @property
     def slo_met(self) -> bool:

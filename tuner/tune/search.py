@@ -22,9 +22,11 @@ from typing import Any, Protocol
 
 from tuner.canary import stop_all_canaries
 from tuner.errors import StoreError, TuneError, TuneInterrupted
+from tuner.promql import Engine
 from tuner.scrape import make_client
 from tuner.store import Store
 from tuner.tune.config import Objective, TuneConfig
+from tuner.tune.fingerprint import tuned_workload
 from tuner.tune.optimizer import make_optimizer, tell_history, told_history
 from tuner.tune.parse_load import build_load_spec
 from tuner.tune.planner import Step, TuneOutcome, plan_steps, planned_total, summarize_search
@@ -271,6 +273,8 @@ def run_tune(
                 optimizer.tell(xs, ys)
             if stop.is_set():
                 raise TuneInterrupted(received[0] if received else signal.SIGTERM, "interrupted")
+        ctx.ingest.flush()
+        workload = tuned_workload(Engine(reader=log.store), trials, ctx.load_spec, cfg.load)
     except TuneInterrupted as exc:
         stop.set()
         stop_all_canaries()
@@ -289,4 +293,4 @@ def run_tune(
             signal.signal(signum, handler)
         ctx.ingest.flush()  # scrapes a locked store could not take yet
         log.close()
-    return summarize_search(cfg, trials, complete=True)
+    return replace(summarize_search(cfg, trials, complete=True), workload=workload)
