@@ -55,6 +55,7 @@ class TuningWindow:
         #: the next run then tunes against it instead of the tune config's load.
         self.live_workload: Callable[[], Mapping[str, Any] | None] = lambda: None
         self.last_workload: str = "tune config"
+        self.last_tune_config = self.tune_config  # what the last run searched with
 
     def register(self, registry: CollectorRegistry) -> None:
         registry.register(_TuneCollector(self))
@@ -90,6 +91,7 @@ class TuningWindow:
             self.runs["failed"] += 1
             log.error("tuning window: cannot write the live workload into %s: %s", out, exc)
             return out
+        self.last_tune_config = cfg
         log.info("tuning window: search into %s", out)
         try:
             outcome = run_tune(cfg, options, observers=[self.counters],
