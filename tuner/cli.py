@@ -28,6 +28,9 @@ def _add_run(sub: Any) -> None:
         metavar="URL",
         help="fleet mode: evaluate the rules against this Prometheus (overrides prometheus_url)",
     )
+    p.add_argument("--http-config-file", metavar="FILE",
+                   help="TLS, credentials and headers for the Prometheus, in promtool's "
+                        "--http.config.file format (overrides prometheus_http_config)")
     p.add_argument("--web-config-file", metavar="FILE",
                    help="the listener's TLS and basic auth, in Prometheus's web config format "
                         "(overrides web_config_file)")
@@ -35,7 +38,12 @@ def _add_run(sub: Any) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from tuner.config import load_config, with_prometheus_url, with_web_config_file
+    from tuner.config import (
+        load_config,
+        with_http_config_file,
+        with_prometheus_url,
+        with_web_config_file,
+    )
     from tuner.daemon import run_daemon
 
     config = load_config(args.config)
@@ -43,6 +51,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         config = with_prometheus_url(config, args.prometheus, "--prometheus")
     if args.web_config_file:
         config = with_web_config_file(config, args.web_config_file)
+    if args.http_config_file:
+        config = with_http_config_file(config, args.http_config_file)
     return run_daemon(config)
 
 
@@ -137,6 +147,9 @@ def _add_suggest(sub: Any) -> None:
                    help="tuner.yaml (store, SLOs, cost, launch flags; default: ./tuner.yaml)")
     p.add_argument("--prometheus", default=None,
                    help="read history from this Prometheus (fleet mode) instead of the store")
+    p.add_argument("--http-config-file", metavar="FILE",
+                   help="TLS, credentials and headers for the Prometheus, in promtool's "
+                        "--http.config.file format (overrides prometheus_http_config)")
     p.add_argument("--selector", default=None, help="vLLM series to consider, e.g. "
                    "'{model_name=\"x\"}'")
     p.add_argument("--format", choices=("table", "json", "markdown"), default="table")
@@ -146,7 +159,7 @@ def _add_suggest(sub: Any) -> None:
 def _cmd_suggest(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tuner.config import load_config
+    from tuner.config import Config, load_config, with_http_config_file
     from tuner.errors import ConfigError
     from tuner.report import render_suggest_markdown, render_suggest_table
     from tuner.suggest import check_arguments, run_suggest
@@ -157,6 +170,8 @@ def _cmd_suggest(args: argparse.Namespace) -> int:
         raise ConfigError("suggest: no --config given and no ./tuner.yaml here; "
                           "give --config FILE (the sidecar's store) or --prometheus URL")
     config = load_config(path) if path else None
+    if args.http_config_file:
+        config = with_http_config_file(config or Config(), args.http_config_file)
     report = run_suggest(config, args.since, args.until, args.prometheus, args.selector)
     if args.format == "json":
         print(json.dumps(report, indent=2, sort_keys=True))

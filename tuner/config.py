@@ -16,6 +16,12 @@ from typing import Any, TypeVar
 import yaml
 
 from tuner.errors import ConfigError
+from tuner.httpconfig import (
+    DEFAULT_HTTP_CONFIG,
+    HTTP_CONFIG_KEYS,
+    HTTPClientConfig,
+    parse_http_config,
+)
 
 # Prometheus's duration grammar (common/model.ParseDuration): each unit at most once, largest
 # first, integers only; "0" alone is the zero duration. Milliseconds per unit.
@@ -132,6 +138,7 @@ class Target:
     kind: str = "vllm"
     labels: Mapping[str, str] = field(default_factory=dict)
     timeout: float | None = None
+    http: HTTPClientConfig = DEFAULT_HTTP_CONFIG  # tls_config, credentials, proxy, headers
 
     @property
     def job(self) -> str:
@@ -154,6 +161,7 @@ class StoreConfig:
 class Alertmanager:
     url: str
     timeout: float = 10.0
+    http: HTTPClientConfig = DEFAULT_HTTP_CONFIG
 
 
 # vLLM histogram bucket bounds in seconds (REFERENCE.md); an SLO threshold should sit on one,
@@ -255,6 +263,7 @@ class Config:
     drift: DriftConfig = field(default_factory=DriftConfig)
     web_config_file: Path | None = None
     healthz_open: bool = True
+    prometheus_http: HTTPClientConfig = DEFAULT_HTTP_CONFIG  # prometheus_http_config
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -339,6 +348,7 @@ _TOP_KEYS = {
     "rule_files": "list of globs",
     "alertmanagers": "list",
     "prometheus_url": "url",
+    "prometheus_http_config": "http_config of prometheus_url (Prometheus's format)",
     "slo": "mapping",
     "cost": "mapping",
     "launch": "mapping",
@@ -348,12 +358,13 @@ _TOP_KEYS = {
     "web_config_file": "path of the listener's web config (TLS, basic auth users)",
     "healthz_open": "bool: /healthz answers without credentials",
 }
-_TARGET_KEYS = {"name": "", "url": "", "kind": "", "labels": "", "timeout": ""}
+_TARGET_KEYS = {"name": "", "url": "", "kind": "", "labels": "", "timeout": "",
+                **dict.fromkeys(HTTP_CONFIG_KEYS, "")}
 _STORE_KEYS = {"path": "", "retention": "", "max_size": ""}
 _SLO_KEYS = {f.name: "" for f in SLO.__dataclass_fields__.values() if f.name != "defaulted"}
 _COST_KEYS = {"dollars_per_hour": ""}
 _SUGGEST_KEYS = {"schedule": "", "since": "", "keep": ""}
-_AM_KEYS = {"url": "", "timeout": ""}
+_AM_KEYS = {"url": "", "timeout": "", **dict.fromkeys(HTTP_CONFIG_KEYS, "")}
 _TUNE_KEYS = {"config": "", "schedule": "", "trials": "", "out": ""}
 _DRIFT_KEYS = {"tune_result": "", "threshold": "", "window": "", "interval": "",
                "min_requests": ""}
@@ -365,7 +376,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     top = r.mapping(data, "", _TOP_KEYS)
     base_dir = Path(source).parent if source and not source.startswith("<") else Path(".")
 
-    targets = _parse_targets(r, top.get("targets", []))
+    targets = _parse_targets(r, top.get("targets", []), base_dir)
     interval = r.duration(top.get("scrape_interval", "5s"), "scrape_interval")
     if interval <= 0:
         raise r.fail("scrape_interval", "must be greater than 0s")
@@ -424,11 +435,16 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
             Alertmanager(
                 url=r.url(m["url"], f"{key}.url").rstrip("/"),
                 timeout=r.duration(m.get("timeout", "10s"), f"{key}.timeout"),
+                http=parse_http_config(m, r.fail, key, base_dir),
             )
         )
 
     prom = top.get("prometheus_url")
     prometheus_url = r.url(prom, "prometheus_url").rstrip("/") if prom is not None else None
+    prometheus_http = parse_http_config(
+        r.mapping(top.get("prometheus_http_config"), "prometheus_http_config",
+                  dict.fromkeys(HTTP_CONFIG_KEYS, "")),
+        r.fail, "prometheus_http_config", base_dir)
 
     slo_map = r.mapping(top.get("slo"), "slo", _SLO_KEYS)
     slo_values = {k: r.positive(v, f"slo.{k}") for k, v in slo_map.items()}
@@ -491,6 +507,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         drift=drift,
         web_config_file=web_config_file,
         healthz_open=healthz_open,
+        prometheus_http=prometheus_http,
     )
 
 
@@ -552,7 +569,7 @@ def _parse_drift(r: _Reader, raw: Any, base_dir: Path, tune: TuneWindow) -> Drif
     )
 
 
-def _parse_targets(r: _Reader, raw: Any) -> tuple[Target, ...]:
+def _parse_targets(r: _Reader, raw: Any, base_dir: Path) -> tuple[Target, ...]:
     if not isinstance(raw, list):
         raise r.fail("targets", "must be a list of {name, url, kind}")
     targets = []
@@ -583,6 +600,7 @@ def _parse_targets(r: _Reader, raw: Any) -> tuple[Target, ...]:
                 kind=kind,
                 labels={str(k): str(v) for k, v in labels.items()},
                 timeout=r.duration(timeout, f"{key}.timeout") if timeout is not None else None,
+                http=parse_http_config(m, r.fail, key, base_dir),
             )
         )
     return tuple(targets)
@@ -592,6 +610,16 @@ def with_prometheus_url(config: Config, url: str, where: str = "prometheus_url")
     """The config with ``prometheus_url`` replaced (e.g. from ``--prometheus``); validated."""
     checked = _Reader(where).url(url, where).rstrip("/")
     return replace(config, prometheus_url=checked)
+
+
+def with_http_config_file(config: Config, path: str) -> Config:
+    """The config with ``prometheus_http`` read from an http_config file (promtool's
+    ``--http.config.file`` format), for ``--http-config-file``."""
+    p = Path(path)
+    data = read_yaml(p, "http config file")
+    r = _Reader(str(p))
+    m = r.mapping(data, "", dict.fromkeys(HTTP_CONFIG_KEYS, ""))
+    return replace(config, prometheus_http=parse_http_config(m, r.fail, "", p.parent))
 
 
 def with_web_config_file(config: Config, path: str) -> Config:

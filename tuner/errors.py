@@ -15,6 +15,11 @@ class ConfigError(TunerError):
     exit_code = 2
 
 
+class SecretFileError(TunerError):
+    """A secret file (password, token, key) cannot be read and no earlier value is known; the
+    message names the file, never its content."""
+
+
 class ExpositionError(TunerError):
     """A /metrics body could not be parsed (malformed, truncated)."""
 
@@ -63,7 +68,7 @@ class TemplateError(RuleError):
 # -- tuning: canaries, load runs, the search (tuner.canary, tuner.load, tuner.tune) ---------
 
 #: Why a canary did not come up (``CanaryFailed.reason``).
-CANARY_FAILURE_REASONS = ("exit", "oom", "health_timeout", "start_error")
+CANARY_FAILURE_REASONS = ("exit", "oom", "health_timeout", "start_error", "flag_rejected")
 
 
 class CanaryFailed(TunerError):
@@ -78,6 +83,7 @@ class CanaryFailed(TunerError):
             detail += "\n--- log tail ---\n" + log_tail
         super().__init__(detail)
         self.reason = reason
+        self.message = message
         self.log_tail = log_tail
 
 

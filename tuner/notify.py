@@ -12,8 +12,9 @@ counted, as Prometheus's notifier does. Resending firing alerts every ``resend_d
 sending resolved ones with ``endsAt`` is the rule engine's job (``tuner.rules``); this module
 delivers whatever it is handed.
 
-The HTTP client (``httpx``) and the clock are passed in; defaults are a client that ignores
-proxy environment variables and ``time.monotonic``.
+The HTTP client (``httpx``) and the clock are passed in; defaults are one client per
+Alertmanager made by ``tuner.httpconfig`` from its ``http_config`` (TLS, basic auth or a token,
+headers, proxy; proxy environment variables ignored) and ``time.monotonic``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
+
+from tuner.httpconfig import HTTPClientConfig, make_client
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +92,9 @@ class DeliveryStats:
 
 
 class _Target:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, client: httpx.Client) -> None:
         self.url = url.rstrip("/")
+        self.client = client
         self.pending: OrderedDict[tuple[tuple[str, str], ...], dict[str, Any]] = OrderedDict()
         self.failures = 0
         self.next_attempt = 0.0
@@ -115,6 +119,7 @@ class Notifier:
         alertmanagers: Sequence[str],
         *,
         client: httpx.Client | None = None,
+        http: Sequence[HTTPClientConfig] | None = None,
         timeout: float = 10.0,
         capacity: int = 10000,
         batch_size: int = 64,
@@ -126,9 +131,14 @@ class Notifier:
     ) -> None:
         if capacity < 1 or batch_size < 1:
             raise ValueError("capacity and batch_size must be at least 1")
-        self._targets = [_Target(u) for u in alertmanagers]
         self._own_client = client is None
-        self._client = client or httpx.Client(timeout=timeout, trust_env=False)
+        self._client = client or make_client(timeout=timeout)
+        if http is not None and len(http) != len(alertmanagers):
+            raise ValueError("one http config per Alertmanager")
+        self._own_clients = [] if client is not None or http is None else [
+            make_client(h, timeout=timeout) for h in http]
+        self._targets = [_Target(u, self._own_clients[i] if self._own_clients else self._client)
+                         for i, u in enumerate(alertmanagers)]
         self.capacity = capacity
         self.batch_size = batch_size
         self.backoff_initial = backoff_initial
@@ -187,6 +197,8 @@ class Notifier:
             self._thread = None
         if self._own_client:
             self._client.close()
+        for c in self._own_clients:
+            c.close()
 
     def __enter__(self) -> Notifier:
         return self.start()
@@ -238,7 +250,7 @@ class Notifier:
         error = ""
         permanent = False
         try:
-            r = self._client.post(t.url + API_PATH, json=[p for _k, p in batch])
+            r = t.client.post(t.url + API_PATH, json=[p for _k, p in batch])
             if r.status_code >= 300:
                 error = f"HTTP {r.status_code}: {r.text[:200]}"
                 permanent = 400 <= r.status_code < 500 and r.status_code != 429

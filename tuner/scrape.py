@@ -1,23 +1,29 @@
 """Fetch scrape targets' ``/metrics`` with timeouts and a size cap; ``up`` per target.
 
 ``scrape_target`` never raises for a target's fault: it returns a ``ScrapeOutcome`` whose
-``error_kind`` is one of ``connection``, ``timeout``, ``http_status``, ``oversized``,
-``malformed`` (or empty on success), as Prometheus would report ``up=0`` for all of them.
-``scrape_all`` scrapes several targets concurrently on a shared ``httpx.Client``.
+``error_kind`` is one of ``connection``, ``tls`` (an expired, untrusted or wrong-host
+certificate, a refused client certificate), ``timeout``, ``http_status``, ``oversized``,
+``malformed``, ``secret`` (a credentials file never readable) or empty on success, as
+Prometheus would report ``up=0`` for all of them. ``scrape_all`` scrapes several targets
+concurrently; ``target_clients`` makes each target's ``httpx.Client`` from its ``http_config``
+(``tuner.httpconfig``: TLS, credentials, headers, proxy), one client per distinct config.
 """
 
 from __future__ import annotations
 
+import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import httpx
 
 from tuner.config import Target
-from tuner.errors import ExpositionError, ScrapeError
+from tuner.errors import ExpositionError, ScrapeError, SecretFileError
 from tuner.exposition import Sample, normalize_samples, parse_exposition, with_target_labels
+from tuner.httpconfig import DEFAULT_HTTP_CONFIG, HTTPClientConfig
+from tuner.httpconfig import make_client as make_http_client
 
 ACCEPT = "text/plain;version=0.0.4;q=1,*/*;q=0.1"
 
@@ -64,8 +70,26 @@ def fetch_exposition(client: httpx.Client, url: str, timeout: float, max_bytes: 
     except httpx.TimeoutException:
         raise ScrapeError("timeout", f"{url}: no complete answer within {timeout:g}s") from None
     except httpx.TransportError as exc:
+        tls = _tls_failure(exc)
+        if tls is not None:
+            raise ScrapeError("tls", f"{url}: TLS: {tls}") from None
         raise ScrapeError("connection", f"{url}: {type(exc).__name__}: {exc}") from None
+    except SecretFileError as exc:
+        raise ScrapeError("secret", f"{url}: {exc}") from None
     return b"".join(chunks).decode("utf-8", errors="replace")
+
+
+def _tls_failure(exc: BaseException) -> str | None:
+    """The TLS reason behind a transport error (certificate expired, untrusted, wrong host)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen.verify_message or str(seen)
+        if isinstance(seen, ssl.SSLError):
+            return seen.reason or str(seen)
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc)
+    return text if "SSL" in text or "CERTIFICATE" in text else None
 
 
 def scrape_target(
@@ -101,24 +125,47 @@ def scrape_target(
     )
 
 
+Clients = httpx.Client | Mapping[str, httpx.Client]
+
+
+def _client_for(clients: Clients, target: Target) -> httpx.Client:
+    return clients if isinstance(clients, httpx.Client) else clients[target.name]
+
+
 def scrape_all(
-    client: httpx.Client,
+    client: Clients,
     targets: Sequence[Target],
     timeout: float,
     max_bytes: int,
     clock: Callable[[], float] = time.time,
     pool: ThreadPoolExecutor | None = None,
 ) -> list[ScrapeOutcome]:
-    """Scrape every target concurrently; results in target order."""
+    """Scrape every target concurrently; results in target order.
+
+    ``client`` is one client for all targets, or each target's by name (``target_clients``).
+    """
     if len(targets) <= 1 or pool is None:
-        return [scrape_target(client, t, timeout, max_bytes, clock) for t in targets]
-    futures = [pool.submit(scrape_target, client, t, timeout, max_bytes, clock) for t in targets]
+        return [scrape_target(_client_for(client, t), t, timeout, max_bytes, clock)
+                for t in targets]
+    futures = [pool.submit(scrape_target, _client_for(client, t), t, timeout, max_bytes, clock)
+               for t in targets]
     return [f.result() for f in futures]
 
 
-def make_client(max_connections: int = 16) -> httpx.Client:
+def target_clients(targets: Sequence[Target], max_connections: int = 16
+                   ) -> dict[str, httpx.Client]:
+    """Each target's client by name, made from its ``http`` config; targets that share a
+    config share a client."""
+    by_config: dict[HTTPClientConfig, httpx.Client] = {}
+    out = {}
+    for t in targets:
+        if t.http not in by_config:
+            by_config[t.http] = make_client(max_connections, t.http)
+        out[t.name] = by_config[t.http]
+    return out
+
+
+def make_client(max_connections: int = 16,
+                http: HTTPClientConfig = DEFAULT_HTTP_CONFIG) -> httpx.Client:
     """An HTTP client for scraping: pooled, keep-alive, no environment proxies."""
-    return httpx.Client(
-        limits=httpx.Limits(max_connections=max_connections, keepalive_expiry=60),
-        trust_env=False,
-    )
+    return make_http_client(http, max_connections=max_connections)

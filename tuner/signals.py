@@ -541,3 +541,35 @@ TRIAL_SIGNALS: tuple[Signal, ...] = (
 """What a canary trial's server-side measurement is computed from (one instant query each at
 the end of the load window): peak and mean KV usage, and the window totals of requests,
 preemptions, output tokens and speculative draft/accepted tokens."""
+
+
+def _hmean(name: str, old: str | None = None) -> str:
+    new = (f"sum by ($BY) (rate({name}_sum$SEL[$W])) / sum by ($BY) (rate({name}_count$SEL[$W]))")
+    if old is None:
+        return new
+    return (f"{new} or sum by ($BY) (rate({old}_sum$SEL[$W]))"
+            f" / sum by ($BY) (rate({old}_count$SEL[$W]))")
+
+
+_ITL_OLD = "vllm:time_per_output_token_seconds"
+
+TRIAL_LATENCY_SIGNALS: tuple[Signal, ...] = (
+    Signal("server_ttft_p50", _hq(0.5, "vllm:time_to_first_token_seconds"), "s",
+           "Median time to first token, the server's histogram (from the engine's arrival)."),
+    Signal("server_ttft_p99", _named("ttft_p99", WINDOW_SIGNALS).expr, "s",
+           "99th percentile time to first token, the server's histogram."),
+    Signal("server_itl_p50", _hq(0.5, "vllm:inter_token_latency_seconds", _ITL_OLD), "s",
+           "Median inter-token latency, the server's histogram (one observation per step)."),
+    Signal("server_itl_p99", _named("itl_p99", WINDOW_SIGNALS).expr, "s",
+           "99th percentile inter-token latency, the server's histogram."),
+    Signal("server_itl_mean", _hmean("vllm:inter_token_latency_seconds", _ITL_OLD), "s",
+           "Mean inter-token latency (histogram sum / count: exact, not bucket-interpolated)."),
+    Signal("server_queue_p50", _hq(0.5, "vllm:request_queue_time_seconds"), "s",
+           "Median time requests waited in the engine's queue before their first step."),
+    Signal("server_queue_p99", _hq(0.99, "vllm:request_queue_time_seconds"), "s",
+           "99th percentile queue time."),
+)
+"""The canary's own latency histograms over a trial's load window (the production histograms,
+read the same way): TTFT, ITL and queue time, beside the load client's per-request figures.
+Quantiles interpolate inside the histogram's buckets (vLLM's ITL buckets start at 10 ms), so
+small values are coarse; ``server_itl_mean`` is exact."""

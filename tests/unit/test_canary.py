@@ -25,6 +25,7 @@ from tuner.canary import (
     kubernetes_pod_manifest,
     parse_flag_args,
     read_tail,
+    rejected_flags,
     root_cause,
 )
 from tuner.errors import ConfigError, TunerError
@@ -104,10 +105,30 @@ def test_gpu_memory_utilization_too_high_is_oom() -> None:
     assert cause is not None and "less than desired CPU memory utilization" in cause
 
 
-def test_unknown_flag_is_an_exit_with_the_argparse_message() -> None:
+def test_unknown_flag_is_flag_rejected_naming_the_flag() -> None:
     text = (LOGS / "start_unknown_flag.log").read_text()
-    assert failure_reason(text, 2) == "exit"
+    assert failure_reason(text, 2) == "flag_rejected"
     assert root_cause(text) == "api_server.py: error: unrecognized arguments: --no-such-flag"
+    refused = rejected_flags(text, 2)
+    assert refused is not None and refused.flags == ("--no-such-flag",)
+    assert refused.message == "unrecognized arguments: --no-such-flag"
+    assert rejected_flags(text, 1) is None  # only argparse's exit status 2 is a refusal
+
+
+@pytest.mark.parametrize(("line", "flags", "words"), [
+    ("vllm: error: unrecognized arguments: --max-num-active-seqs 4 --bogus",
+     ("--max-num-active-seqs", "--bogus"), "unrecognized arguments"),
+    ("api_server.py: error: argument --max-num-seqs: invalid int value: 'many'",
+     ("--max-num-seqs",), "invalid int value: 'many'"),
+    ("api_server.py: error: argument --block-size/-b: invalid choice: 7 (choose from 16, 32)",
+     ("--block-size",), "invalid choice: 7"),
+])
+def test_argparse_refusals_name_the_flags(line: str, flags: tuple[str, ...], words: str) -> None:
+    text = "INFO usage: ...\n" + line + "\n"
+    refused = rejected_flags(text, 2)
+    assert refused is not None and refused.flags == flags and words in refused.message
+    assert failure_reason(text, 2) == "flag_rejected"
+    assert all(f in refused.explain() for f in flags)
 
 
 def test_healthy_log_has_no_failure() -> None:

@@ -154,7 +154,7 @@ def test_the_candidates_flags_become_the_same_server_arguments(backend: Backend,
     [
         ("start_kv_cache_too_small.log", 1, "oom"),
         ("start_gpu_memory_utilization_too_high.log", 1, "oom"),
-        ("start_unknown_flag.log", 2, "exit"),
+        ("start_unknown_flag.log", 2, "flag_rejected"),
         ("healthy_server.log", 0, "exit"),
     ],
 )

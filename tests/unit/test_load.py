@@ -3,6 +3,7 @@ spec validation and the workload fingerprint reader."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -17,6 +18,9 @@ from tuner.load import (
     LoadSpec,
     RequestRecord,
     _Plan,
+    chunk_itls,
+    count_token_ids,
+    group_chunks,
     load_spec_from_workload,
     parse_sse_line,
     summarize,
@@ -209,6 +213,51 @@ def test_summarize_all_failed() -> None:
     assert s.error_rate == 1.0 and s.output_tokens == 0 and math.isnan(s.ttft_p50)
 
 
+def test_group_chunks_merges_events_read_together() -> None:
+    # three events within 50 us (one socket read), a 20 ms gap, one event, a 30 ms gap, two
+    times, tokens = group_chunks([1.0, 1.00002, 1.00005, 1.02005, 1.05005, 1.05006],
+                                 [1, 1, 1, 1, 2, 1])
+    assert times == (1.0, 1.02005, 1.05005)
+    assert tokens == (3, 1, 3)
+    assert group_chunks([], []) == ((), ())
+    # a larger coalescing window merges more; every token is kept
+    assert sum(group_chunks([0.0, 0.01, 0.02], [1, 1, 1], coalesce=0.015)[1]) == 3
+
+
+def test_chunk_itls_divide_each_gap_by_the_tokens_it_brought() -> None:
+    assert chunk_itls((0.02, 0.03), (3, 1, 3)) == pytest.approx((0.02, 0.01))
+    assert chunk_itls((), (5,)) == ()
+
+
+def test_record_tpot_and_longest_stall() -> None:
+    rec = RequestRecord(ok=True, error="", prompt_tokens=4, output_tokens=7, ttft=0.1,
+                        itls=chunk_itls((0.02, 0.3), (3, 1, 3)), e2e=0.7, start=0.0,
+                        chunk_gaps=(0.02, 0.3), chunk_tokens=(3, 1, 3))
+    assert rec.tpot == pytest.approx((0.7 - 0.1) / 6)
+    assert rec.max_stall == pytest.approx(0.3)
+    one = RequestRecord(ok=True, error="", prompt_tokens=4, output_tokens=1, ttft=0.1,
+                        itls=(), e2e=0.1, start=0.0, chunk_tokens=(1,))
+    assert math.isnan(one.tpot) and math.isnan(one.max_stall)
+    failed = RequestRecord(ok=False, error="x", prompt_tokens=4, output_tokens=0,
+                           ttft=math.nan, itls=(), e2e=1.0, start=0.0)
+    assert math.isnan(failed.tpot)
+
+
+def test_summarize_per_chunk_itl_is_not_microseconds() -> None:
+    """The issue's case: tokens read in one go give microsecond gaps; per chunk they do not."""
+    raw = [0.5 + 0.02 * (i // 4) + 1e-5 * (i % 4) for i in range(16)]  # 4 tokens per 20 ms
+    times, tokens = group_chunks(raw, [1] * 16)
+    gaps = tuple(b - a for a, b in itertools.pairwise(times))
+    rec = RequestRecord(ok=True, error="", prompt_tokens=8, output_tokens=16, ttft=0.5,
+                        itls=chunk_itls(gaps, tokens), e2e=raw[-1], start=0.0,
+                        chunk_gaps=gaps, chunk_tokens=tokens)
+    s = summarize(LoadResult(records=(rec,), started=0.0, ended=1.0))
+    assert s.itl_p50 == pytest.approx(0.005)  # 20 ms / 4 tokens, not 10 us
+    assert s.tokens_per_chunk == pytest.approx(4.0)
+    assert s.max_stall_p99 == pytest.approx(0.02)
+    assert s.tpot_p50 == pytest.approx((raw[-1] - 0.5) / 15)
+
+
 # ----------------------------------------------------------------------------- workload
 
 
@@ -295,6 +344,17 @@ def test_parse_real_vllm_stream() -> None:
     assert kinds[-1] == "done"
 
 
+def test_parse_real_vllm_stream_with_token_ids() -> None:
+    """Recorded from vLLM 0.32 CPU with return_token_ids: 5 events of one token each (the
+    first also carries the prompt's ids, the last the finish reason), usage, [DONE]."""
+    data = (STREAM.parent / "stream_completion_token_ids.txt").read_bytes()
+    events = [parse_sse_line(line) for line in data.split(b"\n")]
+    tokens = [e for e in events if e.kind == "token"]
+    assert [e.tokens for e in tokens] == [1] * 5
+    (usage,) = [e for e in events if e.kind == "usage"]
+    assert usage.completion_tokens == 5 and usage.prompt_tokens == 8
+
+
 @pytest.mark.parametrize(
     ("line", "kind"),
     [
@@ -314,6 +374,24 @@ def test_parse_real_vllm_stream() -> None:
 )
 def test_parse_sse_line_kinds(line: bytes, kind: str) -> None:
     assert parse_sse_line(line).kind == kind
+
+
+def test_token_ids_say_how_many_tokens_an_event_carries() -> None:
+    ev = parse_sse_line(b'data: {"choices":[{"index":0,"text":" a b c","token_ids":[5,6,7],'
+                        b'"finish_reason":null}],"usage":null}')
+    assert ev.kind == "token" and ev.tokens == 3
+    first = parse_sse_line(b'data: {"choices":[{"index":0,"text":"x","prompt_token_ids":[1,2,'
+                           b'3,4],"token_ids":[9]}]}')
+    assert first.tokens == 1  # the prompt's ids are not output tokens
+    empty_text = parse_sse_line(b'data: {"choices":[{"index":0,"text":"","token_ids":[4]}]}')
+    assert empty_text.kind == "token" and empty_text.tokens == 1
+    last = parse_sse_line(b'data: {"choices":[{"index":0,"text":"","token_ids":[],'
+                          b'"finish_reason":"length"}]}')
+    assert last.kind == "other"
+    spaced = parse_sse_line(b'data: {"choices": [{"text": "ab", "token_ids": [1, 2]}]}')
+    assert spaced.kind == "token" and spaced.tokens == 2
+    assert count_token_ids(b'{"text":"x"}') == 1
+    assert count_token_ids(b'{"token_ids":[]}') == 0
 
 
 def test_parse_sse_usage_chunk() -> None:

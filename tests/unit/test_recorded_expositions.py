@@ -27,7 +27,7 @@ from tests.support.record_expositions import (
     describe_argv,
     launch_spec,
 )
-from tuner.canary import failure_reason, root_cause
+from tuner.canary import failure_reason, rejected_flags, root_cause
 from tuner.exposition import VLLM_ALIASES, Sample, normalize_samples, parse_exposition
 
 DATA = Path(__file__).parent / "data" / "expositions"
@@ -366,9 +366,12 @@ def test_every_refusal_was_recorded_and_refused() -> None:
     assert set(doc["refusals"]) == set(REFUSALS)
     for name, entry in doc["refusals"].items():
         assert entry["started"] is False, name
-        assert entry["reason"] == "exit", name
+        # ``reason`` was tuner's classification when recorded; argparse refusals are now
+        # ``flag_rejected`` (naming the flag), other failed starts stay ``exit``.
+        expected = "flag_rejected" if entry["exit_code"] == 2 else "exit"
+        assert entry["reason"] in ("exit", expected), name
         tail = "\n".join(entry["log_tail"])
-        assert failure_reason(tail, entry["exit_code"]) == "exit"
+        assert failure_reason(tail, entry["exit_code"]) == expected, name
         assert root_cause(tail) is not None, name
 
 
@@ -378,6 +381,9 @@ def test_unknown_flag_exits_2_with_the_argparse_line() -> None:
     line = "api_server.py: error: unrecognized arguments: --no-such-flag"
     assert entry["root_cause"] == line
     assert root_cause("\n".join(entry["log_tail"])) == line
+    refused = rejected_flags("\n".join(entry["log_tail"]), entry["exit_code"])
+    assert refused is not None and refused.flags == ("--no-such-flag",)
+    assert "--no-such-flag" in refused.explain()
 
 
 @pytest.mark.parametrize(("name", "message"), [

@@ -46,6 +46,7 @@ from tuner.tune import (
     plan_steps,
     prepare_out,
     score_trial,
+    slo_violations,
     summarize_search,
     tell_history,
     told_history,
@@ -152,6 +153,70 @@ def test_invalid_space_is_rejected_naming_file_key_and_what_is_allowed(
     msg = str(err.value)
     assert msg.startswith(f"/etc/tune.yaml: {key}: "), msg
     assert words in msg
+
+
+def test_admission_and_active_seq_knobs_are_off_by_default_and_on_by_config() -> None:
+    assert not {"max-num-active-seqs", "max-num-queued-reqs", "max-num-queued-tokens"} & {
+        k.name for k in config().space.knobs}
+    cfg = config(space={"max-num-queued-reqs": {}, "max-num-queued-tokens": {"high": 65536},
+                        "max-num-active-seqs": {"values": [4, 8]}})
+    knobs = {k.name: k for k in cfg.space.knobs}
+    reqs, toks = knobs["max-num-queued-reqs"], knobs["max-num-queued-tokens"]
+    assert (reqs.flag, reqs.kind, reqs.low, reqs.high, reqs.log) == (
+        "max-num-queued-reqs", "integer", 4, 4096, True)
+    assert (toks.low, toks.high, toks.kind) == (1024, 65536, "integer")
+    assert knobs["max-num-active-seqs"].values == (4, 8)
+    assert cfg.space.flags({"max-num-queued-reqs": 16, "max-num-active-seqs": 4}) == {
+        "max-num-queued-reqs": 16, "max-num-active-seqs": 4}
+
+
+@pytest.mark.parametrize(
+    ("space", "key", "words"),
+    [
+        ({"max-num-queued-reqs": {"low": 0, "high": 64}}, "space.max-num-queued-reqs.low",
+         "--max-num-queued-reqs takes whole numbers >= 1, got low=0"),
+        ({"max-num-queued-tokens": {"low": -5, "high": 64}},
+         "space.max-num-queued-tokens.low", "vLLM refuses 0 and negative caps"),
+        ({"max-num-queued-tokens": {"low": 1.5, "high": 64.0}},
+         "space.max-num-queued-tokens.type", "takes whole numbers: use type integer"),
+        ({"max-num-active-seqs": {"values": [4, 0, "many"]}}, "space.max-num-active-seqs.values",
+         "[0, 'many']: --max-num-active-seqs takes whole numbers >= 1"),
+        ({"max-num-active-seqs": {"values": [True, 4]}}, "space.max-num-active-seqs.values",
+         "takes whole numbers >= 1"),
+        ({"max-num-seqs": {"low": 8, "high": 32}, "max-num-active-seqs": {"low": 64,
+                                                                          "high": 128}},
+         "space.max-num-active-seqs.low", "above the largest max-num-seqs searched (32)"),
+        ({"max-num-queued-reqs": {"low": "few", "high": 8}}, "space.max-num-queued-reqs.low",
+         "'few' is not a number"),
+        ({"max-num-queued-reqs": 16}, "space.max-num-queued-reqs", ""),
+    ],
+)
+def test_bad_admission_knob_values_are_config_errors(
+    space: dict[str, Any], key: str, words: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        config(space=space)
+    msg = str(err.value)
+    assert msg.startswith(f"/etc/tune.yaml: {key}: "), msg
+    assert words in msg
+
+
+def test_max_num_active_seqs_above_max_num_seqs_is_repaired_or_rejected() -> None:
+    cfg = config(space={"max-num-seqs": {"low": 8, "high": 64},
+                        "max-num-active-seqs": {"low": 4, "high": 64}})
+    flags, notes = apply_constraints(
+        {"max-num-seqs": 16, "max-num-batched-tokens": 512, "max-num-active-seqs": 40},
+        cfg.space, Constraints())
+    assert flags is not None and flags["max-num-active-seqs"] == 16
+    assert notes == ("repaired max-num-active-seqs 40 -> 16 (must be <= max-num-seqs)",)
+    flags, notes = apply_constraints(
+        {"max-num-seqs": 16, "max-num-batched-tokens": 512, "max-num-active-seqs": 40},
+        cfg.space, Constraints(repair=False))
+    assert flags is None and "max-num-active-seqs 40 > max-num-seqs 16" in notes[0]
+    flags, notes = apply_constraints(
+        {"max-num-seqs": 16, "max-num-batched-tokens": 512, "max-num-active-seqs": 8},
+        cfg.space, Constraints())
+    assert flags is not None and flags["max-num-active-seqs"] == 8 and not notes
 
 
 def test_unknown_flag_error_lists_the_allowed_flags() -> None:
@@ -665,3 +730,84 @@ def test_server_signals_use_the_production_signal_queries_over_the_trial_window(
     assert sig["kv_usage_mean"] == pytest.approx(2.0 / 11)
     assert math.isnan(sig["spec_decode_acceptance"])  # no speculative decoding exported
     store.close()
+
+
+def test_server_latency_histograms_over_the_trial_window(tmp_path: Path) -> None:
+    """The canary's TTFT, ITL and queue-time histograms, read through the production signal
+    expressions over the window: quantiles interpolate inside buckets, the ITL mean is
+    sum / count; another trial's histograms do not leak in."""
+    from tuner.store import Store
+    from tuner.tune import server_signals
+
+    store = Store(tmp_path / "s.db")
+    t0 = 1_700_000_000_000
+    points = []
+    for i in range(11):
+        ts = t0 + i * 1000
+        for inst, scale in (("trial-3", 1.0), ("trial-4", 50.0)):
+            lab = (("instance", inst), ("job", "vllm"), ("model_name", "m"), ("engine", "0"))
+            # every TTFT in (0.1, 0.5]; every ITL in (0.01, 0.025]; queue times in (0, 0.01]
+            for name, bounds, inside in (
+                ("vllm:time_to_first_token_seconds", ("0.1", "0.5", "1.0", "+Inf"), 1),
+                ("vllm:inter_token_latency_seconds", ("0.01", "0.025", "0.05", "+Inf"), 1),
+                ("vllm:request_queue_time_seconds", ("0.01", "0.1", "+Inf"), 0),
+            ):
+                for j, le in enumerate(bounds):
+                    n = 10.0 * i * scale if j >= inside else 0.0
+                    points.append((f"{name}_bucket", (*lab, ("le", le)), ts, n))
+                points.append((f"{name}_count", lab, ts, 10.0 * i * scale))
+            points.append(("vllm:inter_token_latency_seconds_sum", lab, ts,
+                           10.0 * i * scale * 0.02))
+    store.append_points(points)
+    sig = server_signals(store, "trial-3", t0, t0 + 10_000)
+    assert sig["server_ttft_p50"] == pytest.approx(0.3)
+    assert sig["server_ttft_p99"] == pytest.approx(0.1 + 0.4 * 0.99)
+    assert sig["server_itl_p50"] == pytest.approx(0.0175)
+    assert sig["server_itl_mean"] == pytest.approx(0.02)
+    assert sig["server_queue_p99"] == pytest.approx(0.0099)
+    m = measurement_from_signals(sig)
+    assert m.server_ttft_p99 == pytest.approx(sig["server_ttft_p99"])
+    assert Measurement.from_json(m.to_json()).server_itl_mean == pytest.approx(0.02)
+    store.close()
+
+
+def measurement_from_signals(sig: dict[str, float]) -> Measurement:
+    from tuner.tune.trial import measurement_from
+
+    return measurement_from(meas(1000.0), sig, 900.0)
+
+
+def test_every_slo_is_checked_on_a_named_client_figure() -> None:
+    from tuner.tune import SLO_CHECKS, FigureSource
+
+    assert [c.slo for c in SLO_CHECKS] == list(TuneSLO.__dataclass_fields__)
+    assert all(c.source is FigureSource.CLIENT and c.figure in Measurement.__dataclass_fields__
+               for c in SLO_CHECKS)
+    assert {c.counterpart for c in SLO_CHECKS} >= {"server_ttft_p99", "server_itl_p99"}
+    v = slo_violations(meas(1000.0, ttft=5.0), TuneSLO(ttft_p99_seconds=2.5))
+    assert v == {"ttft_p99_seconds": pytest.approx(2.0)}
+
+
+def test_explain_latency_gap() -> None:
+    from tuner.report.latency import explain_latency_gap
+
+    assert explain_latency_gap("TTFT p99", 0.2, 0.19) is None  # close: nothing to explain
+    assert explain_latency_gap("TTFT p99", 0.003, 0.001) is None  # tiny in absolute terms
+    assert explain_latency_gap("TTFT p99", None, 0.1) is None
+    far = explain_latency_gap("TTFT p99", 0.9, 0.3)
+    assert far is not None and "3.0x the server's" in far and "cpus:" in far
+    chunky = explain_latency_gap("ITL p50", 0.03, 0.01, tokens_per_chunk=4.0)
+    assert chunky is not None and "4.0 per chunk" in chunky
+    below = explain_latency_gap("ITL p50", 0.001, 0.008)
+    assert below is not None and "below the server's" in below and "buckets" in below
+
+
+def test_report_names_the_source_of_every_latency_figure() -> None:
+    cfg = config()
+    trials = [trial(cfg, 0, "baseline", None, 1000.0, ttft=0.9)]
+    md = render_tune_report(summarize_search(cfg, trials))
+    assert "## Latency: client and server" in md
+    assert "`ttft_p99_seconds` ≤ 2.5: p99 TTFT, per request at the load client — source " \
+           "**client**" in md
+    assert "| TTFT p99 | server: vllm:time_to_first_token_seconds |" in md
+    assert "| ITL p99 (per chunk) | client: gap / tokens in the chunk |" in md

@@ -6,8 +6,8 @@ backend that satisfies the ``Canary`` Protocol: ``LocalCanary`` (``local``: its 
 group, killed by ``stop_all_canaries()`` at exit or on SIGTERM/SIGINT) or ``KubernetesCanary``
 (``kubernetes``: a Pod built from a template by ``kubernetes_pod_manifest``, kept out of the
 production Service). A start that fails raises ``CanaryFailed`` with ``reason`` in
-``exit | oom | health_timeout | start_error`` and the log tail, classified from the log
-(``logs``).
+``exit | oom | health_timeout | start_error | flag_rejected`` and the log tail, classified
+from the log (``logs``).
 """
 
 from tuner.canary.kubernetes import (
@@ -37,7 +37,15 @@ from tuner.canary.local import (
     kill_process_group,
     stop_all_canaries,
 )
-from tuner.canary.logs import OOM_PATTERNS, detect_oom, failure_reason, read_tail, root_cause
+from tuner.canary.logs import (
+    OOM_PATTERNS,
+    FlagRejection,
+    detect_oom,
+    failure_reason,
+    read_tail,
+    rejected_flags,
+    root_cause,
+)
 from tuner.errors import CANARY_FAILURE_REASONS, CanaryFailed
 
 __all__ = [
@@ -51,6 +59,7 @@ __all__ = [
     "CanaryBackend",
     "CanaryFailed",
     "CanaryHandle",
+    "FlagRejection",
     "FlagValue",
     "KubernetesCanary",
     "LaunchSpec",
@@ -67,6 +76,7 @@ __all__ = [
     "parse_flag_args",
     "pod_failure_reason",
     "read_tail",
+    "rejected_flags",
     "root_cause",
     "stop_all_canaries",
 ]

@@ -23,7 +23,13 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from tuner.canary.launch import CanaryHandle, LaunchSpec, build_argv, http_ok
-from tuner.canary.logs import detect_oom, failure_reason, read_tail, root_cause
+from tuner.canary.logs import (
+    detect_oom,
+    failure_reason,
+    read_tail,
+    rejected_flags,
+    root_cause,
+)
 from tuner.errors import CanaryFailed, TunerError
 
 _REGISTRY: dict[int, subprocess.Popen[bytes]] = {}
@@ -208,7 +214,8 @@ class LocalCanary:
                 tail = self.log_tail()
                 text = read_tail(self.log_path, 2000, max_bytes=2_000_000)
                 reason = failure_reason(text, code)
-                cause = root_cause(text) or detect_oom(text)
+                refused = rejected_flags(text, code)
+                cause = refused.explain() if refused else root_cause(text) or detect_oom(text)
                 why = f"process exited with code {code}" + (f"; {cause}" if cause else "")
                 raise CanaryFailed(reason, why, tail)
             if http_ok(health_url):

@@ -1,4 +1,9 @@
-"""Reading a canary's log: the tail, and why a start failed (``oom`` or ``exit``, the root cause).
+"""Reading a canary's log: the tail, and why a start failed (``oom``, ``flag_rejected`` or
+``exit``; the root cause).
+
+``flag_rejected`` is vLLM's argument parser refusing the command line (exit code 2:
+``error: unrecognized arguments: --x`` from a vLLM too old for a flag, or
+``error: argument --x: invalid int value``); ``rejected_flags`` names the flags.
 
 The patterns come from real failed starts of vLLM (captured logs in tests/unit/data/vllm_logs).
 """
@@ -8,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 #: Log lines that mean the server ran out of (device or host) memory, or has too little KV cache.
@@ -60,8 +66,47 @@ def root_cause(log_text: str) -> str | None:
     return None
 
 
+#: argparse's exit status for a command line it refuses.
+ARGPARSE_EXIT = 2
+_UNRECOGNIZED = re.compile(r"error: unrecognized arguments: (.+?)\s*$", re.MULTILINE)
+_BAD_ARGUMENT = re.compile(r"error: argument (--[\w.-]+)(?:/[^:]*)?: (.+?)\s*$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class FlagRejection:
+    """What vLLM's argument parser refused: the flags, and its own words."""
+
+    flags: tuple[str, ...]
+    message: str
+
+    def explain(self) -> str:
+        """One sentence naming the refused flags, for the trial's reason."""
+        names = ", ".join(self.flags)
+        return (f"vLLM refused the flag{'s' if len(self.flags) > 1 else ''} {names} "
+                f"({self.message}); the installed vLLM may be older than the flag, or the "
+                "value is not one it accepts")
+
+
+def rejected_flags(log_text: str, returncode: int | None) -> FlagRejection | None:
+    """The flags vLLM's argument parser refused (exit 2), or None for any other failure."""
+    if returncode != ARGPARSE_EXIT:
+        return None
+    m = _UNRECOGNIZED.search(log_text)
+    if m:
+        flags = tuple(w for w in m.group(1).split() if w.startswith("-"))
+        return FlagRejection(flags or (m.group(1).strip(),),
+                             f"unrecognized arguments: {m.group(1).strip()}")
+    m = _BAD_ARGUMENT.search(log_text)
+    if m:
+        return FlagRejection((m.group(1),), f"argument {m.group(1)}: {m.group(2)}")
+    return None
+
+
 def failure_reason(log_text: str, returncode: int | None) -> str:
-    """``oom`` if the log shows a memory failure or the process was SIGKILLed, else ``exit``."""
+    """``oom`` if the log shows a memory failure or the process was SIGKILLed;
+    ``flag_rejected`` if the argument parser refused a flag (exit 2); else ``exit``."""
+    if rejected_flags(log_text, returncode) is not None:
+        return "flag_rejected"
     if detect_oom(log_text) is not None:
         return "oom"
     if returncode in (-signal.SIGKILL, 128 + signal.SIGKILL):

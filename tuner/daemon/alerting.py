@@ -42,7 +42,7 @@ class Alerting:
         if config.prometheus_url:
             from tuner.source import PrometheusSource
 
-            querier = PrometheusSource(config.prometheus_url)
+            querier = PrometheusSource(config.prometheus_url, http=config.prometheus_http)
             writer: Store | None = None
         else:
             # long-lived evaluator over a store that grows at its end: cache read windows
@@ -57,7 +57,8 @@ class Alerting:
         if restored:
             log.info("rules: restored %d alerts from the store", restored)
         timeout = min((am.timeout for am in config.alertmanagers), default=10.0)
-        self.notifier = Notifier([am.url for am in config.alertmanagers], timeout=timeout)
+        self.notifier = Notifier([am.url for am in config.alertmanagers],
+                                 http=[am.http for am in config.alertmanagers], timeout=timeout)
         #: Alerts raised by the daemon itself (the drift check), listed with the rules' alerts.
         self.external: list[Callable[[], list[AlertState]]] = []
         self._lock = threading.Lock()
@@ -100,6 +101,14 @@ class Alerting:
             self.notifier.send(report.to_send)
             self.duration.set(time.monotonic() - start)
 
+    def current_alerts(self) -> list[AlertState]:
+        """Pending and firing alerts now (the status page's view), read under the job's lock."""
+        with self._lock:
+            current = self.engine.alerts(include_resolved=False)
+        for provider in self.external:
+            current = [*current, *provider()]
+        return current
+
     def reload(self) -> bool:
         """Load the rules again; on error keep the last good rules and log why."""
         try:
@@ -127,10 +136,7 @@ class _AlertsCollector:
 
         alerts = Metric("tuner_alerts", "Pending and firing alerts, like Prometheus's ALERTS.",
                         "gauge")
-        with self.alerting._lock:  # evaluate() mutates the alert maps
-            current = self.alerting.engine.alerts(include_resolved=False)
-        for provider in self.alerting.external:
-            current = [*current, *provider()]
+        current = self.alerting.current_alerts()
         for a in current:
             alerts.add_sample("tuner_alerts", {**a.labels, "alertstate": a.state}, 1.0)
         yield alerts

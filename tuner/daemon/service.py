@@ -1,4 +1,5 @@
-"""The sidecar daemon: scrape targets on a schedule into the store, serve /metrics and /healthz.
+"""The sidecar daemon: scrape targets on a schedule into the store, serve /metrics and /healthz
+(and the status page at ``/``, ``tuner.web.page``).
 
 ``Daemon`` wires the pieces together with APScheduler (3.x): a scrape job every
 ``scrape_interval`` and a retention job every minute; other features (rule evaluation,
@@ -33,9 +34,19 @@ from tuner.daemon.tuning import TuningWindow
 from tuner.errors import StoreError, TunerError
 from tuner.ingest import Ingest, IngestReport
 from tuner.promql import Engine
-from tuner.scrape import ScrapeOutcome, make_client, scrape_all
+from tuner.scrape import ScrapeOutcome, scrape_all, target_clients
 from tuner.store import Store
-from tuner.web import Request, Response, Route, WebConfigWatcher, WebServer, text_response
+from tuner.web import (
+    PageSources,
+    Request,
+    Response,
+    Route,
+    StatusPage,
+    TuningProgress,
+    WebConfigWatcher,
+    WebServer,
+    text_response,
+)
 
 log = logging.getLogger("tuner.daemon")
 
@@ -105,7 +116,9 @@ class Daemon:
         self.store = store or Store(
             config.store.path, config.store.retention, config.store.max_bytes, clock=clock
         )
-        self.client = client or make_client(max(4, 2 * len(config.targets)))
+        self.client = client  # one client for every target (tests), else one per http config
+        self.clients = target_clients(config.targets, max(4, 2 * len(config.targets))) if (
+            client is None) else {}
         self.registry = CollectorRegistry()
         self.metrics = DaemonMetrics(self.registry)
         self.scheduler = BackgroundScheduler(timezone="UTC")
@@ -132,13 +145,16 @@ class Daemon:
             self.alerting.external.append(self.drift.alerts)
             if self.tuning is not None:
                 self.tuning.live_workload = lambda: self.drift.live_workload if self.drift else None
+        self.page = StatusPage(PageSources(config, self.store.path, self.alerting.current_alerts,
+                                           self._tuning_progress, clock))
+        self.web.add_routes(self.page.routes())
 
     # -- one scrape cycle ------------------------------------------------------------
 
     def scrape_once(self) -> list[ScrapeOutcome]:
         """Scrape every target once and store what came back (and ``up``) — never raises."""
         outcomes = scrape_all(
-            self.client,
+            self.client if self.client is not None else self.clients,
             self.config.targets,
             self.config.scrape_timeout,
             self.config.max_exposition_bytes,
@@ -287,6 +303,13 @@ class Daemon:
             raise TunerError("daemon not started")
         return self.web.address
 
+    def _tuning_progress(self) -> TuningProgress | None:
+        if self.tuning is None:
+            return None
+        job = self.scheduler.get_job("tune") if self.scheduler.running else None
+        next_run = job.next_run_time.timestamp() if job is not None and job.next_run_time else None
+        return self.tuning.progress(next_run)
+
     def _metrics_endpoint(self, _request: Request) -> Response:
         return Response(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
 
@@ -304,8 +327,10 @@ class Daemon:
         with self._lock:
             self._count(self.ingest.flush())
         self.web.stop()
+        self.page.close()
         self._pool.shutdown(wait=True)
-        self.client.close()
+        for c in {*self.clients.values(), *([self.client] if self.client else [])}:
+            c.close()
         self.store.close()
         self.stopped.set()
 

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from tuner.config import Config
 from tuner.daemon.triggers import cron_trigger
+from tuner.web import TuningProgress
 
 log = logging.getLogger("tuner.daemon")
 #: Load keys that describe the traffic; a drifted run takes them from the live fingerprint and
@@ -109,6 +110,23 @@ class TuningWindow:
         finally:
             self.last_run = time.time()
         return out
+
+    def progress(self, next_run: float | None) -> TuningProgress:
+        """The window's state for the status page (``next_run`` from the scheduler's job)."""
+        snap = self.counters.snapshot()
+        objective = self.tune_config.objective
+        return TuningProgress(
+            schedule=self.window.schedule or "",
+            next_run=next_run,
+            planned_trials=self.window.trials,
+            running=int(snap["running"]),
+            trials_by_state=dict(snap["trials_total"]),
+            best_objective=snap["best_objective"],
+            objective=f"{objective.kind} ({objective.unit})",
+            runs=dict(self.runs),
+            last_run=self.last_run,
+            out_dir=str(self.last_out or self.window.out),
+        )
 
     def cancel(self) -> None:
         from tuner.canary import stop_all_canaries

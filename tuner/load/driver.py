@@ -10,6 +10,10 @@ or an HTTP 200 stream whose error event carries code 503, as vLLM 0.29+ sends wh
 with ``rejected=True`` apart from other errors; requests still running ``request_timeout`` seconds
 after the run's end are cancelled and recorded as errors. The connection pool is sized to
 the concurrency with a 60 s keep-alive.
+
+Requests ask for ``return_token_ids`` (vLLM), so each streamed event says how many tokens it
+carries (one per event when a server does not send them); events read together form one
+chunk (``tuner.load.results.group_chunks``).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import httpx
 import numpy as np
 
 from tuner.errors import LoadError
-from tuner.load.results import LoadResult, RequestRecord
+from tuner.load.results import LoadResult, RequestRecord, chunk_itls, group_chunks
 from tuner.load.spec import KEEPALIVE_SECONDS, LoadSpec
 
 # --------------------------------------------------------------------------- requests
@@ -70,6 +74,8 @@ class StreamEvent:
     completion_tokens: int | None = None
     prompt_tokens: int | None = None
     message: str = ""
+    #: Tokens the event carries (its ``token_ids``; 1 when the server does not send them).
+    tokens: int = 1
     #: The error object's ``code`` (an HTTP status, e.g. 503 for an admission refusal).
     code: int | None = None
 
@@ -96,6 +102,24 @@ def _error_code(error: object) -> int | None:
 _DONE = StreamEvent("done")
 _TOKEN = StreamEvent("token")
 _OTHER = StreamEvent("other")
+_TOKENS = {n: StreamEvent("token", tokens=n) for n in range(1, 17)}
+_TOKEN_IDS = b'"token_ids":['
+
+
+def count_token_ids(data: bytes) -> int:
+    """Tokens in a streamed event: the length of its ``token_ids`` list (not
+    ``prompt_token_ids``), or 1 when it has none (pure)."""
+    at = data.find(_TOKEN_IDS)
+    if at < 0:
+        return 1
+    start = at + len(_TOKEN_IDS)
+    end = data.find(b"]", start)
+    body = data[start:end if end >= 0 else len(data)].strip()
+    return body.count(b",") + 1 if body else 0
+
+
+def _token_event(n: int) -> StreamEvent:
+    return _TOKENS.get(n) or StreamEvent("token", tokens=n)
 
 
 def parse_sse_line(line: bytes) -> StreamEvent:
@@ -110,7 +134,10 @@ def parse_sse_line(line: bytes) -> StreamEvent:
     if data == b"[DONE]":
         return _DONE
     if b'"usage":{' not in data and b'"error"' not in data and b'"text":"' in data:
-        return _OTHER if b'"text":""' in data else _TOKEN
+        n = count_token_ids(data)
+        if n == 0 or (b'"text":""' in data and _TOKEN_IDS not in data):
+            return _OTHER
+        return _token_event(n)
     try:
         event = json.loads(data)
     except ValueError:
@@ -122,34 +149,39 @@ def parse_sse_line(line: bytes) -> StreamEvent:
         text = error.get("message", error) if isinstance(error, dict) else error
         return StreamEvent("error", message=str(text)[:300], code=_error_code(error))
     usage = event.get("usage")
-    has_text = any(isinstance(c, dict) and c.get("text") for c in event.get("choices") or [])
+    choices = [c for c in event.get("choices") or [] if isinstance(c, dict)]
+    ids = [c["token_ids"] for c in choices if isinstance(c.get("token_ids"), list)]
+    n_tokens = sum(len(i) for i in ids) if ids else sum(1 for c in choices if c.get("text"))
     if isinstance(usage, dict):
         return StreamEvent("usage", completion_tokens=int(usage.get("completion_tokens", 0)),
                            prompt_tokens=int(usage.get("prompt_tokens", 0)) or None,
-                           message="token" if has_text else "")
-    return _TOKEN if has_text else _OTHER
+                           message="token" if n_tokens else "", tokens=max(1, n_tokens))
+    return _token_event(n_tokens) if n_tokens else _OTHER
 
 
 async def _one_request(client: httpx.AsyncClient, url: str, model: str, req: _Planned,
                        origin_wall: float, origin_mono: float) -> RequestRecord:
     body = {"model": model, "prompt": req.prompt, "max_tokens": req.max_tokens,
             "ignore_eos": True, "stream": True, "temperature": 0.0,
-            "stream_options": {"include_usage": True}}
+            "stream_options": {"include_usage": True}, "return_token_ids": True}
     t0 = time.monotonic()
     start = origin_wall + (t0 - origin_mono)
-    chunks: list[float] = []
+    chunks: list[float] = []  # arrival of each token event
+    counts: list[int] = []  # tokens in each token event
     prompt_tokens = len(req.prompt)
     usage_out: int | None = None
     done = False
 
     def record(ok: bool, error: str, rejected: bool = False) -> RequestRecord:
         now = time.monotonic()
-        ttft = chunks[0] - t0 if chunks else math.nan
-        itls = tuple(b - a for a, b in itertools.pairwise(chunks))
-        n_out = usage_out if usage_out is not None else len(chunks)
+        times, tokens = group_chunks(chunks, counts)
+        ttft = times[0] - t0 if times else math.nan
+        gaps = tuple(b - a for a, b in itertools.pairwise(times))
+        n_out = usage_out if usage_out is not None else sum(counts)
         return RequestRecord(ok=ok, error=error, prompt_tokens=prompt_tokens,
-                             output_tokens=n_out if ok else 0, ttft=ttft, itls=itls,
-                             e2e=now - t0, start=start, rejected=rejected)
+                             output_tokens=n_out if ok else 0, ttft=ttft,
+                             itls=chunk_itls(gaps, tokens), e2e=now - t0, start=start,
+                             chunk_gaps=gaps, chunk_tokens=tokens, rejected=rejected)
 
     try:
         async with client.stream("POST", url, json=body) as resp:
@@ -168,11 +200,13 @@ async def _one_request(client: httpx.AsyncClient, url: str, model: str, req: _Pl
                         continue
                     if ev.kind == "token":
                         chunks.append(now)
+                        counts.append(ev.tokens)
                     elif ev.kind == "done":
                         done = True
                     elif ev.kind == "usage":
                         if ev.message == "token":
                             chunks.append(now)
+                            counts.append(ev.tokens)
                         usage_out = ev.completion_tokens
                         prompt_tokens = ev.prompt_tokens or prompt_tokens
                     elif ev.kind == "error":

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from tuner.report.latency import render_latency_section
 from tuner.report.plots import write_tune_plots
 from tuner.signals import dollars_per_mtok
 from tuner.tune import Candidate, Knob, Measurement, Trial, TuneOutcome
@@ -31,6 +32,17 @@ _TUNE_CSV_METRICS = (
     "kv_usage_max",
     "kv_usage_mean",
     "spec_decode_acceptance",
+    "tpot_p50",
+    "tpot_p99",
+    "max_stall_p99",
+    "tokens_per_chunk",
+    "server_ttft_p50",
+    "server_ttft_p99",
+    "server_itl_p50",
+    "server_itl_p99",
+    "server_itl_mean",
+    "server_queue_p50",
+    "server_queue_p99",
 )
 
 
@@ -270,6 +282,7 @@ def render_tune_report(outcome: TuneOutcome) -> str:
     lines.append(f"Recommended flags ({outcome.recommend}): `"
                  + json.dumps(dict(outcome.best_flags), sort_keys=True) + "`")
     lines.append("")
+    lines += render_latency_section(outcome.baseline, outcome.winner or outcome.baseline, cfg.slo)
     lines.append("## Apply")
     lines.append("")
     lines.append("```sh")

@@ -157,7 +157,7 @@ def run_suggest(config: Config | None, since: str, until: str | None = None,
     cfg = config or Config()
     url = prometheus or (cfg.prometheus_url if config is not None and store is None else None)
     if url:
-        prom = PrometheusSource(url)
+        prom = PrometheusSource(url, http=cfg.prometheus_http)
         prom.check()
         return suggest(prom, window, cfg, sel, now=now)
     if store is not None:

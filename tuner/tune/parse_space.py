@@ -1,9 +1,10 @@
 """tune.yaml's ``space`` and flag sections -> ``Space`` and flag mappings, with clear errors.
 
-Entries under ``space`` override the default knobs, add knobs (integer, real with optional
-log scale, categorical), map a knob to another flag (``flag: num-gpu-blocks-override``) or
-drop a default knob (``null``). Every error names the file, the dotted key and what is
-allowed (a misspelt flag gets "did you mean"). ``expand_env`` fills in ``${VAR}`` and
+Entries under ``space`` override the default knobs, switch on an optional knob (``{}`` takes
+its preset range), add knobs (integer, real with optional log scale, categorical), map a
+knob to another flag (``flag: num-gpu-blocks-override``) or drop a default knob (``null``).
+Knobs over count caps take whole numbers >= 1. Every error names the file, the dotted key
+and what is allowed (a misspelt flag gets "did you mean"). ``expand_env`` fills in ``${VAR}`` and
 ``${VAR:-default}`` in string values.
 """
 
@@ -17,7 +18,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from tuner.config import _Reader
-from tuner.tune.space import DEFAULT_KNOBS, KNOWN_FLAGS, Knob, KnobType, Space
+from tuner.tune.space import (
+    CAP_FLAGS,
+    DEFAULT_KNOBS,
+    KNOWN_FLAGS,
+    OPTIONAL_KNOBS,
+    Knob,
+    KnobType,
+    Space,
+)
 
 _KNOB_KEYS = {k: "" for k in ("flag", "type", "low", "high", "log", "values")}
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -132,6 +141,39 @@ def _parse_knob(r: _Reader, name: str, raw: Any, default: Knob | None) -> Knob:
     return Knob(name, flag, KnobType(kind), low, high, log)
 
 
+def _check_cap(r: _Reader, knob: Knob) -> Knob:
+    """A knob over a count cap (``CAP_FLAGS``): whole numbers >= 1 only."""
+    if knob.flag not in CAP_FLAGS:
+        return knob
+    key = f"space.{knob.name}"
+    if knob.kind is KnobType.REAL:
+        raise r.fail(f"{key}.type", f"--{knob.flag} takes whole numbers: use type integer "
+                     "(or whole-number low/high)")
+    if knob.kind is KnobType.CATEGORICAL:
+        bad = [v for v in knob.values if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+        if bad:
+            raise r.fail(f"{key}.values", f"{bad!r}: --{knob.flag} takes whole numbers >= 1")
+        return knob
+    assert knob.low is not None
+    if knob.low < 1:
+        raise r.fail(f"{key}.low", f"--{knob.flag} takes whole numbers >= 1, got low="
+                     f"{fmt(knob.low)} (vLLM refuses 0 and negative caps)")
+    return knob
+
+
+def _check_active_seqs(r: _Reader, knobs: list[Knob]) -> None:
+    """``max-num-active-seqs`` must be able to sit at or below ``max-num-seqs``."""
+    by_flag = {k.flag: k for k in knobs}
+    active, seqs = by_flag.get("max-num-active-seqs"), by_flag.get("max-num-seqs")
+    if active is None or seqs is None or active.kind is KnobType.CATEGORICAL:
+        return
+    high = max(seqs.values) if seqs.kind is KnobType.CATEGORICAL else seqs.high
+    if active.low is not None and high is not None and active.low > high:
+        raise r.fail(f"space.{active.name}.low",
+                     f"low={fmt(active.low)} is above the largest max-num-seqs searched "
+                     f"({fmt(high)}); vLLM needs max-num-active-seqs <= max-num-seqs")
+
+
 def parse_space(r: _Reader, raw: Any) -> Space:
     """The ``space`` section: the default knobs as overridden, dropped or extended there."""
     if raw is not None and not isinstance(raw, Mapping):
@@ -139,6 +181,7 @@ def parse_space(r: _Reader, raw: Any) -> Space:
     entries = dict(raw or {})
     knobs: list[Knob] = []
     defaults = {k.name: k for k in DEFAULT_KNOBS}
+    optional = {k.name: k for k in OPTIONAL_KNOBS}
     for name, default in defaults.items():
         if name in entries:
             spec = entries.pop(name)
@@ -155,7 +198,12 @@ def parse_space(r: _Reader, raw: Any) -> Space:
                 f"space.{name}",
                 f"null only removes one of the default knobs ({', '.join(defaults)})",
             )
-        knobs.append(_parse_knob(r, name, spec, None))
+        preset = optional.get(name)
+        if preset is not None and isinstance(spec, Mapping) and "flag" in spec:
+            preset = None  # a knob of the user's own under that name
+        knobs.append(_parse_knob(r, name, spec, preset))
+    knobs = [_check_cap(r, k) for k in knobs]
+    _check_active_seqs(r, knobs)
     if not knobs:
         raise r.fail("space", "no knobs left to search")
     flags = [k.flag for k in knobs]

@@ -2,11 +2,15 @@
 
 * ``TrialKind``: the order a search runs trials in (baseline, search, repeat, confirm).
   ``TrialState``: ok = ran and met the SLO; slo = ran and missed it; failed = no usable
-  measurement (exit, oom, health_timeout, start_error, load_error, load_errors); rejected = a
+  measurement (exit, oom, health_timeout, start_error, flag_rejected: vLLM refused a flag,
+  load_error, load_errors); rejected = a
   constraint ruled the candidate out before launch.
 * ``Measurement``: the load run's client-side summary plus the canary's server-side signals.
 * ``Trial``: one finished trial as persisted (``to_json``/``from_json``: the store document).
   ``subject`` says whom it measures: ``baseline`` (``measures_baseline``) or its point's key.
+* ``SLO_CHECKS``: each SLO, the measured figure it is checked on and that figure's source
+  (``FigureSource``: the load client, or the canary's own histograms), with the server-side
+  counterpart the report shows beside it.
 * ``score_trial``: (state, objective value, loss, SLO violations). The loss is what the
   optimizer minimizes: ``-value/baseline`` for runs that met the SLO (the baseline scores -1);
   for runs that missed it, a value in (0, 0.5] growing with how far they missed it (worse than
@@ -39,6 +43,40 @@ class TrialKind(StrEnum):
     SEARCH = "search"
     REPEAT = "repeat"
     CONFIRM = "confirm"
+
+
+class FigureSource(StrEnum):
+    """Where a latency figure comes from."""
+
+    CLIENT = "client"  # the load generator, per request (what a user of the server sees)
+    SERVER = "server"  # the canary's vLLM histograms over the load window
+
+
+@dataclass(frozen=True)
+class SloCheck:
+    """One SLO of ``TuneSLO`` (``slo``), checked on the measurement field ``figure``."""
+
+    slo: str
+    figure: str
+    source: FigureSource
+    label: str
+    #: The same quantity from the other source, shown beside it (not checked).
+    counterpart: str | None = None
+
+
+SLO_CHECKS: tuple[SloCheck, ...] = (
+    SloCheck("ttft_p99_seconds", "ttft_p99", FigureSource.CLIENT,
+             "p99 TTFT, per request at the load client", "server_ttft_p99"),
+    SloCheck("itl_p99_seconds", "itl_p99", FigureSource.CLIENT,
+             "p99 ITL per chunk at the load client (gap / tokens in the chunk)",
+             "server_itl_p99"),
+    SloCheck("e2e_p99_seconds", "e2e_p99", FigureSource.CLIENT,
+             "p99 end-to-end latency, per request at the load client"),
+    SloCheck("error_rate", "error_rate", FigureSource.CLIENT,
+             "failed requests / requests, at the load client"),
+)
+"""The SLO check, in order: every SLO is checked on a client-side figure (what users see);
+the canary's histograms are shown beside it so a gap between the two is visible."""
 
 
 class TrialState(StrEnum):
@@ -74,6 +112,14 @@ class Measurement(LoadSummary):
     kv_usage_mean: float = math.nan
     spec_decode_acceptance: float = math.nan
     server_generation_tokens: float = math.nan
+    #: The canary's own histograms over the load window (``signals.TRIAL_LATENCY_SIGNALS``).
+    server_ttft_p50: float = math.nan
+    server_ttft_p99: float = math.nan
+    server_itl_p50: float = math.nan
+    server_itl_p99: float = math.nan
+    server_itl_mean: float = math.nan
+    server_queue_p50: float = math.nan
+    server_queue_p99: float = math.nan
 
     def to_json(self) -> dict[str, Any]:
         return {k: json_num(v) for k, v in asdict(self).items()}
@@ -197,12 +243,7 @@ def slo_violations(m: Measurement, slo: TuneSLO) -> dict[str, float]:
     factor; an unmeasured error rate is not a violation.
     """
     out: dict[str, float] = {}
-    checks = (
-        ("ttft_p99_seconds", m.ttft_p99),
-        ("itl_p99_seconds", m.itl_p99),
-        ("e2e_p99_seconds", m.e2e_p99),
-        ("error_rate", m.error_rate),
-    )
+    checks = [(c.slo, getattr(m, c.figure)) for c in SLO_CHECKS]
     for name, measured in checks:
         limit = getattr(slo, name)
         if limit is None:

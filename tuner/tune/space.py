@@ -2,12 +2,17 @@
 
 A ``Knob`` is one searched dimension: a name, the vLLM flag it sets, its ``KnobType``
 (integer, real with optional log scale, categorical) and range. ``DEFAULT_KNOBS`` are
-``max-num-seqs``, ``gpu-memory-utilization`` and ``max-num-batched-tokens``; ``Space`` maps
+``max-num-seqs``, ``gpu-memory-utilization`` and ``max-num-batched-tokens``. ``OPTIONAL_KNOBS``
+are off unless the config names them (``space: {max-num-queued-reqs: {}}`` takes the preset
+range): vLLM's admission-control caps ``max-num-queued-reqs`` and ``max-num-queued-tokens``
+(0.29+) and ``max-num-active-seqs`` (caps running requests without re-sizing what
+``max-num-seqs`` sizes). ``CAP_FLAGS`` take whole numbers >= 1 only. ``Space`` maps
 optimizer points to knob values (plain Python values: ``Knob.convert`` turns the optimizer's
 numpy scalars into ints, floats, strings and booleans) and knob values to flags.
 
 ``apply_constraints`` repairs or rejects a full flag set before launch
-(max-num-batched-tokens >= max-num-seqs; without chunked prefill >= max-model-len).
+(max-num-batched-tokens >= max-num-seqs; without chunked prefill >= max-model-len;
+max-num-active-seqs <= max-num-seqs, which vLLM enforces at start-up).
 """
 
 from __future__ import annotations
@@ -57,6 +62,8 @@ KNOWN_FLAGS: frozenset[str] = frozenset(
         "performance-mode",
         "max-num-scheduled-tokens",
         "max-num-active-seqs",
+        "max-num-queued-reqs",
+        "max-num-queued-tokens",
         "disable-hybrid-kv-cache-manager",
         "max-logprobs",
         "max-loras",
@@ -124,6 +131,22 @@ DEFAULT_KNOBS: tuple[Knob, ...] = (
     Knob("gpu-memory-utilization", "gpu-memory-utilization", KnobType.REAL, 0.5, 0.95),
     Knob("max-num-batched-tokens", "max-num-batched-tokens", KnobType.INTEGER, 256, 8192,
          log=True),
+)
+
+
+#: Knobs searched only when the config names them under ``space`` (an empty mapping takes
+#: these ranges). vLLM refuses the queue caps before 0.29 (the trial fails ``flag_rejected``).
+OPTIONAL_KNOBS: tuple[Knob, ...] = (
+    Knob("max-num-active-seqs", "max-num-active-seqs", KnobType.INTEGER, 4, 256, log=True),
+    Knob("max-num-queued-reqs", "max-num-queued-reqs", KnobType.INTEGER, 4, 4096, log=True),
+    Knob("max-num-queued-tokens", "max-num-queued-tokens", KnobType.INTEGER, 1024, 1_048_576,
+         log=True),
+)
+
+#: Flags that are caps on a count: vLLM takes whole numbers >= 1 for them.
+CAP_FLAGS: frozenset[str] = frozenset(
+    {"max-num-seqs", "max-num-batched-tokens", "max-num-active-seqs", "max-num-queued-reqs",
+     "max-num-queued-tokens"}
 )
 
 
@@ -208,6 +231,18 @@ def apply_constraints(
     seqs = out.get("max-num-seqs")
     if isinstance(seqs, int) and not need(seqs, "must be >= max-num-seqs"):
         return None, tuple(notes)
+    active = out.get("max-num-active-seqs")
+    if isinstance(seqs, int) and isinstance(active, int) and active > seqs:
+        active_knob = by_flag.get("max-num-active-seqs")
+        low = active_knob.low if active_knob is not None else None
+        if constraints.repair and (low is None or seqs >= low):
+            notes.append(f"repaired max-num-active-seqs {active} -> {seqs} "
+                         "(must be <= max-num-seqs)")
+            out["max-num-active-seqs"] = seqs
+        else:
+            notes.append(f"rejected: max-num-active-seqs {active} > max-num-seqs {seqs} "
+                         "(vLLM refuses to start)")
+            return None, tuple(notes)
     if not _chunked_prefill(out):
         mml = out.get("max-model-len", constraints.max_model_len)
         if isinstance(mml, int) and not need(

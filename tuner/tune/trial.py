@@ -6,8 +6,10 @@ into the search's store through the same ingest step as the daemon (``tuner.inge
 samples, ``up``, ``scrape_duration_seconds``, ``scrape_samples_scraped``, stale markers, the
 retry buffer), as target ``instance="trial-N"``. ``server_signals`` then reads the canary's
 server-side signals over the load window with the production signal definitions
-(``tuner.signals.TRIAL_SIGNALS``), the canary is stopped (always), and the trial is scored
-(``tuner.tune.records.score_trial``).
+(``tuner.signals.TRIAL_SIGNALS``) and its own latency histograms (TTFT, ITL, queue time:
+``tuner.signals.TRIAL_LATENCY_SIGNALS``) beside the load client's per-request figures, the
+canary is stopped (always), and the trial is scored (``tuner.tune.records.score_trial``). The
+per-request records go to ``logs/trial-N-requests.csv``.
 """
 
 from __future__ import annotations
@@ -21,14 +23,19 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuner.canary import Canary, CanaryBackend, KubernetesCanary, LocalCanary
+from tuner.canary import Canary, CanaryBackend, CanaryHandle, KubernetesCanary, LocalCanary
 from tuner.config import Target
 from tuner.errors import CanaryFailed, TunerError
 from tuner.ingest import Ingest
-from tuner.load import LoadResult, LoadSpec, LoadSummary, run_load_sync, summarize
+from tuner.load import LoadResult, LoadSpec, LoadSummary, records_csv, run_load_sync, summarize
 from tuner.promql import Engine
 from tuner.scrape import scrape_target
-from tuner.signals import TRIAL_SIGNALS, per_thousand_requests, render_signal
+from tuner.signals import (
+    TRIAL_LATENCY_SIGNALS,
+    TRIAL_SIGNALS,
+    per_thousand_requests,
+    render_signal,
+)
 from tuner.store import Store
 from tuner.tune.config import TuneConfig, TuneSLO
 from tuner.tune.planner import Step
@@ -155,8 +162,13 @@ def server_signals(store: Store, instance: str, start_ms: int, end_ms: int) -> d
         sig.name: query(render_signal(sig, selector, by="instance", window=window))
         for sig in TRIAL_SIGNALS
     }
+    latency = {
+        sig.name: query(render_signal(sig, selector, by="instance", window=window))
+        for sig in TRIAL_LATENCY_SIGNALS
+    }
     drafts = v["spec_draft_tokens"]
     return {
+        **latency,
         "preemptions": v["preemptions"],
         "preemptions_per_1k_requests": per_thousand_requests(v["preemptions"], v["requests"])
         if not math.isnan(v["requests"])
@@ -195,7 +207,7 @@ def measurement_from(
 
 
 @dataclass
-class _Run:
+class TrialRun:
     """What measuring one canary gave: a failure reason (or ""), its log, the measurement."""
 
     notes: list[str]
@@ -247,19 +259,28 @@ def run_trial(
 
 
 def _measure(ctx: TrialContext, canary: Canary, number: int, step: Step,
-             timings: dict[str, float], t0: float) -> _Run | None:
+             timings: dict[str, float], t0: float) -> TrialRun | None:
     """Start the canary, load and scrape it, read its signals (None: interrupted)."""
-    cfg = ctx.cfg
-    run = _Run(list(step.notes))
+    run = TrialRun(list(step.notes))
     try:
         handle = canary.start()
     except CanaryFailed as exc:
         timings["start_s"] = time.perf_counter() - t0
-        run.reason, run.log_tail = exc.reason, exc.log_tail
+        # The canary's own account (e.g. which flag vLLM refused) ends the tail, where the
+        # report's excerpt of a failed trial looks.
+        run.reason, run.log_tail = exc.reason, f"{exc.log_tail}\ntuner: {exc.message}".lstrip()
         return run
     timings["start_s"] = time.perf_counter() - t0
     if ctx.stop.is_set():
         return None
+    return measure_canary(ctx, canary, handle, number, run, timings)
+
+
+def measure_canary(ctx: TrialContext, canary: Canary, handle: CanaryHandle, number: int,
+                   run: TrialRun, timings: dict[str, float]) -> TrialRun | None:
+    """Load and scrape a running canary as trial ``number``, then read its signals into
+    ``run`` (None: interrupted). The caller starts and stops the canary."""
+    cfg = ctx.cfg
     instance = f"trial-{number}"
     scraper = CanaryScraper(ctx.client, ctx.ingest, handle.metrics_url, instance,
                             cfg.canary.scrape_interval)
@@ -287,13 +308,23 @@ def _measure(ctx: TrialContext, canary: Canary, number: int, step: Step,
         run.reason, run.log_tail = "load_error", load_error + "\n" + canary.log_tail()
     else:
         _evaluate(ctx, canary, run, result, instance, window_start, window_end)
+        _write_requests(ctx.logs / f"trial-{number:04d}-requests.csv", result, run)
     if scraper.error and scraper.scrapes < 2:
         run.notes.append(f"server signals incomplete: {scraper.error}")
     timings["signals_s"] = time.perf_counter() - t_sig
     return run
 
 
-def _evaluate(ctx: TrialContext, canary: Canary, run: _Run, result: LoadResult, instance: str,
+def _write_requests(path: Path, result: LoadResult, run: TrialRun) -> None:
+    """The per-request figures of a trial's load run, as CSV beside its log."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(records_csv(result.records))
+    except OSError as exc:
+        run.notes.append(f"per-request figures not written to {path}: {exc.strerror or exc}")
+
+
+def _evaluate(ctx: TrialContext, canary: Canary, run: TrialRun, result: LoadResult, instance: str,
               window_start: int, window_end: int) -> None:
     """The measurement of a load run; a run with too many errors fails (``load_errors``).
 

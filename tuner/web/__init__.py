@@ -5,10 +5,26 @@ handlers, ``Request`` → ``Response``). The daemon registers its endpoints (``/
 ``/healthz``) there; the Prometheus query API and the status page plug into the same server.
 ``webconfig`` is what sits in front of every route: the listener's TLS and basic auth users,
 from a web config file in Prometheus's exporter-toolkit format, re-read when it changes.
+``page`` is the status page at ``/`` (collecting and serving), ``page_html`` its records and
+their HTML, ``charts`` the inline-SVG sparklines.
 """
 
+from tuner.web.page import PageSources, StatusPage
+from tuner.web.page_html import TuningProgress
 from tuner.web.server import Handler, Request, Response, Route, WebServer, text_response
 from tuner.web.webconfig import WebConfig, WebConfigWatcher, load_web_config
 
-__all__ = ["Handler", "Request", "Response", "Route", "WebConfig", "WebConfigWatcher", "WebServer",
-           "load_web_config", "text_response"]
+__all__ = [
+    "Handler",
+    "PageSources",
+    "Request",
+    "Response",
+    "Route",
+    "StatusPage",
+    "TuningProgress",
+    "WebConfig",
+    "WebConfigWatcher",
+    "WebServer",
+    "load_web_config",
+    "text_response",
+]
