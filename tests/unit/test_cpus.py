@@ -105,3 +105,85 @@ def test_a_one_core_affinity_mask_runs_unpinned_with_one_note() -> None:
     got = json.loads(out.stdout)
     assert got["pinned"] is False and "is available to this process" in got["note"]
     assert got["probed"] is False and "refuses CPU masks" in got["probe_note"]
+
+
+# ----------------------------------------------------------------------------- tune.yaml
+
+BASE: dict[str, object] = {
+    "launch": {"model": "/models/tiny"},
+    "load": {"prompt_tokens": 64, "output_tokens": 16, "concurrency": 2, "duration": 5},
+}
+
+
+def _cfg(cpus: object) -> object:
+    from tuner.tune import parse_tune_config
+
+    return parse_tune_config({**BASE, "cpus": cpus}, "/etc/tune.yaml")
+
+
+def test_cpus_in_tune_yaml() -> None:
+    from tuner.tune import parse_tune_config
+
+    assert parse_tune_config(dict(BASE), "/etc/tune.yaml").cpus == CpuRequest()  # auto
+    assert _cfg("auto").cpus == CpuRequest(CpuMode.AUTO)  # type: ignore[attr-defined]
+    assert _cfg(False).cpus == CpuRequest(CpuMode.OFF)  # type: ignore[attr-defined]
+    assert _cfg("off").cpus == CpuRequest(CpuMode.OFF)  # type: ignore[attr-defined]
+    assert _cfg({"canary": "0-2", "load": 3}).cpus == CpuRequest(  # type: ignore[attr-defined]
+        CpuMode.FIXED, (0, 1, 2), (3,))
+
+
+@pytest.mark.parametrize(("cpus", "message"), [
+    ("sometimes", r"cpus: 'sometimes' is not allowed; use auto, off"),
+    ({"canary": "0"}, r"cpus\.load: is required"),
+    ({"canary": "0-1", "load": "1"}, r"share CPU\(s\) \[1\]; they must be disjoint"),
+    ({"canary": "x", "load": "1"}, r"cpus\.canary: .*is not a CPU list"),
+    ({"canary": "0", "load": "1", "sidecar": "1"}, r"sidecar"),
+])
+def test_bad_cpus_name_the_key(cpus: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as err:
+        _cfg(cpus)
+    assert "/etc/tune.yaml" in str(err.value)
+
+
+def test_canary_gets_its_cores_as_omp_binding_and_affinity(tmp_path: object) -> None:
+    import threading
+    from pathlib import Path
+
+    from tuner.load import LengthDist, LoadSpec
+    from tuner.scrape import make_client
+    from tuner.store import Store
+    from tuner.tune import TrialContext
+    from tuner.tune.trial import canary_for
+
+    cfg = _cfg("auto")
+    root = Path(str(tmp_path))
+    store = Store(root / "s.db")
+    client = make_client(max_connections=1)
+    spec = LoadSpec(prompt_tokens=LengthDist("fixed", mean=8),
+                    output_tokens=LengthDist("fixed", mean=4), concurrency=1)
+    plan = CpuPlan(canary=((0,), (1, 2)), load=(3,))
+    ctx = TrialContext(cfg, store, root, client, spec, threading.Event(), plan)  # type: ignore[arg-type]
+    c0, c1 = canary_for(ctx, 1, {}, 0), canary_for(ctx, 2, {}, 1)
+    assert c0.spec.cpus == (0,) and c0.spec.env["VLLM_CPU_OMP_THREADS_BIND"] == "0"  # type: ignore[attr-defined]
+    assert c1.spec.cpus == (1, 2) and c1.spec.env["VLLM_CPU_OMP_THREADS_BIND"] == "1-2"  # type: ignore[attr-defined]
+    unpinned = TrialContext(cfg, store, root, client, spec, threading.Event())  # type: ignore[arg-type]
+    c = canary_for(unpinned, 3, {}, 0)
+    assert c.spec.cpus == () and "VLLM_CPU_OMP_THREADS_BIND" not in c.spec.env  # type: ignore[attr-defined]
+    client.close()
+    store.close()
+
+
+def test_local_canary_runs_pinned(tmp_path: object) -> None:
+    """A real child process started by LocalCanary's launcher reports the affinity it got."""
+    from pathlib import Path
+
+    from tuner.canary import LaunchSpec
+    from tuner.canary.local import _pin_child
+
+    cpu = min(os.sched_getaffinity(0))
+    out = Path(str(tmp_path)) / "mask"
+    subprocess.run([sys.executable, "-c",
+                    f"import os; open({str(out)!r}, 'w').write(str(sorted(os.sched_getaffinity(0))))"],
+                   preexec_fn=_pin_child((cpu,)), check=True)
+    assert out.read_text() == f"[{cpu}]"
+    assert LaunchSpec(cpus=(cpu,)).cpus == (cpu,)

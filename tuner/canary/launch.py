@@ -38,6 +38,8 @@ class LaunchSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     host: str = "127.0.0.1"
     served_model_name: str | None = None
+    #: CPUs the server process may run on (the local backend's affinity); () = any.
+    cpus: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

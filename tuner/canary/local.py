@@ -4,7 +4,8 @@
 out of memory, or misses ``/health`` within the timeout raises ``CanaryFailed`` with ``reason``
 in ``exit | oom | health_timeout | start_error`` and the log tail. Every started process group
 is registered; ``stop_all_canaries()`` (run at exit, and from the SIGTERM/SIGINT handlers that
-``install_cleanup_handlers()`` installs) kills them, so no canary outlives the tuner.
+``install_cleanup_handlers()`` installs) kills them, so no canary outlives the tuner. A spec
+with ``cpus`` starts the server pinned to them (CPU affinity, inherited by its workers).
 """
 
 from __future__ import annotations
@@ -127,6 +128,17 @@ def install_cleanup_handlers(signals: Iterable[int] = (signal.SIGTERM, signal.SI
 # --------------------------------------------------------------------------- local backend
 
 
+def _pin_child(cpus: tuple[int, ...]) -> Any:
+    """A ``preexec_fn`` pinning the child to ``cpus`` before it runs (refusals ignored: the
+    search probed the masks beforehand and said so)."""
+
+    def pin() -> None:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, set(cpus))
+
+    return pin
+
+
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -188,7 +200,9 @@ class LocalCanary:
                 log.flush()
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                         stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
+                                        start_new_session=True,
+                                        preexec_fn=_pin_child(self.spec.cpus)
+                                        if self.spec.cpus else None)
         except OSError as exc:
             raise CanaryFailed("start_error", f"cannot run {argv[0]!r}: {exc}",
                                self.log_tail()) from exc

@@ -60,6 +60,9 @@ class TuneLiveView:
         self.live.update(self._render())
         self.live.__exit__(None, None, None)
 
+    def search_note(self, text: str) -> None:
+        self.console.print(f"[dim]note:[/dim] {text}")
+
     def trial_started(self, number: int, step: Step) -> None:
         p = step.point
         flags = step.flags or {}

@@ -5,7 +5,8 @@ Sections: ``launch`` (command, model, flags, env, host, served_model_name: a
 (``tuner.tune.parse_space``), ``constraints``, ``objective`` (``ObjectiveKind``: throughput,
 cost in $/Mtok, goodput), ``slo``, ``load`` (``tuner.tune.parse_load``; plus
 ``max_error_rate``), ``budget``, ``noise``, ``optimizer``, ``canary`` (``CanaryBackend``:
-local or kubernetes), ``out`` and ``report``. Relative paths are relative to the file.
+local or kubernetes), ``cpus`` (pinning: ``auto``, ``off`` or ``{canary: "0", load: "1"}``,
+``tuner.tune.cpus``), ``out`` and ``report``. Relative paths are relative to the file.
 ``TuneConfig.fingerprint`` identifies what makes trials comparable, so a resume with another
 config is refused.
 """
@@ -16,7 +17,7 @@ import hashlib
 import json
 import shlex
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ import yaml
 
 from tuner.canary import DEFAULT_COMMAND, RESERVED_FLAGS, CanaryBackend, LaunchSpec
 from tuner.config import _Reader, read_yaml
+from tuner.errors import ConfigError
+from tuner.tune.cpus import CpuMode, CpuRequest, parse_cpu_list
 from tuner.tune.parse_load import build_load_spec
 from tuner.tune.parse_space import expand_env, parse_flags, parse_space
 from tuner.tune.space import Constraints, Space
@@ -122,6 +125,7 @@ class TuneConfig:
     canary: CanaryConfig
     out: Path
     container_name: str = "vllm"
+    cpus: CpuRequest = field(default_factory=CpuRequest)
 
     def fingerprint(self) -> str:
         """Identity of what makes trials comparable: launch, space, objective, SLO, load."""
@@ -142,7 +146,7 @@ def _keys(*names: str) -> dict[str, str]:
 
 
 _TOP_KEYS = _keys("launch", "baseline", "space", "constraints", "objective", "slo", "load",
-                  "budget", "noise", "optimizer", "canary", "out", "report")
+                  "budget", "noise", "optimizer", "canary", "out", "report", "cpus")
 _LAUNCH_KEYS = _keys("command", "model", "flags", "env", "host", "served_model_name")
 _CONSTRAINT_KEYS = _keys("repair", "max_model_len")
 _OBJECTIVE_KEYS = _keys("kind", "dollars_per_hour")
@@ -178,6 +182,7 @@ def parse_tune_config(data: Any, source: str = "<tune config>") -> TuneConfig:
     noise = _parse_noise(r, top.get("noise"))
     optimizer = _parse_optimizer(r, top.get("optimizer"))
     canary = _parse_canary(r, top.get("canary"), base_dir)
+    cpus = _parse_cpus(r, top.get("cpus", CpuMode.AUTO))
     out = Path(expand_env(r, top.get("out", "tune-out"), "out"))
     rm = r.mapping(top.get("report"), "report", _REPORT_KEYS)
     return TuneConfig(
@@ -196,7 +201,32 @@ def parse_tune_config(data: Any, source: str = "<tune config>") -> TuneConfig:
         canary=canary,
         out=out if out.is_absolute() else base_dir / out,
         container_name=r.string(rm.get("container_name", "vllm"), "report.container_name"),
+        cpus=cpus,
     )
+
+
+def _parse_cpus(r: _Reader, raw: Any) -> CpuRequest:
+    """``cpus``: auto (default), off, or ``{canary: CPU list, load: CPU list}``, disjoint."""
+    if raw is True or raw == CpuMode.AUTO or raw is None:
+        return CpuRequest(CpuMode.AUTO)
+    if raw is False or raw == CpuMode.OFF:  # YAML reads a bare `off` as false
+        return CpuRequest(CpuMode.OFF)
+    if not isinstance(raw, Mapping):
+        raise r.fail("cpus", f"{raw!r} is not allowed; use auto, off, or "
+                             "{canary: \"0\", load: \"1\"} (CPU lists)")
+    cm = r.mapping(raw, "cpus", _keys("canary", "load"))
+    lists = {}
+    for key in ("canary", "load"):
+        if key not in cm:
+            raise r.fail(f"cpus.{key}", "is required with explicit cpus (a CPU list like \"0-2\")")
+        try:
+            lists[key] = parse_cpu_list(str(cm[key]), f"cpus.{key}")
+        except ConfigError as exc:
+            raise r.fail(f"cpus.{key}", str(exc).split(": ", 1)[-1]) from None
+    shared = sorted(set(lists["canary"]) & set(lists["load"]))
+    if shared:
+        raise r.fail("cpus", f"canary and load share CPU(s) {shared}; they must be disjoint")
+    return CpuRequest(CpuMode.FIXED, lists["canary"], lists["load"])
 
 
 def _parse_launch(r: _Reader, top: Mapping[str, Any]) -> LaunchSpec:

@@ -20,12 +20,20 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-from tuner.canary import stop_all_canaries
+from tuner.canary import CanaryBackend, stop_all_canaries
 from tuner.errors import StoreError, TuneError, TuneInterrupted
 from tuner.promql import Engine
 from tuner.scrape import make_client
 from tuner.store import Store
 from tuner.tune.config import Objective, TuneConfig
+from tuner.tune.cpus import (
+    CpuMode,
+    CpuPlan,
+    current_cpus,
+    plan_cpus,
+    probe_plan,
+    set_process_cpus,
+)
 from tuner.tune.fingerprint import tuned_workload
 from tuner.tune.optimizer import make_optimizer, tell_history, told_history
 from tuner.tune.parse_load import build_load_spec
@@ -47,6 +55,9 @@ class TuneObserver(Protocol):
 
     def trial_finished(self, trial: Trial, planned: int) -> None: ...
 
+    def search_note(self, text: str) -> None:
+        """Something about the whole search, said once (e.g. how CPUs are pinned)."""
+
 
 class TuneCounters:
     """Thread-safe progress counters for ``/metrics``: ``tuner_tune_trials_total{state}`` and
@@ -58,10 +69,15 @@ class TuneCounters:
         self.trials_total: dict[str, int] = {str(s): 0 for s in TrialState}
         self.running = 0
         self.best_objective: float | None = None
+        self.notes: list[str] = []
 
     def trial_started(self, number: int, step: Step) -> None:
         with self._lock:
             self.running += 1
+
+    def search_note(self, text: str) -> None:
+        with self._lock:
+            self.notes.append(text)
 
     def trial_finished(self, trial: Trial, planned: int) -> None:
         with self._lock:
@@ -209,6 +225,15 @@ def _open_search(cfg: TuneConfig, options: TuneOptions) -> tuple[TuneConfig, Tri
     return replace(cfg, budget=replace(cfg.budget, trials=budget)), log, trials
 
 
+def search_cpu_plan(cfg: TuneConfig, parallel: int) -> CpuPlan:
+    """Where this search's canaries and load client run (``tuner.tune.cpus``), probed."""
+    if cfg.canary.backend is not CanaryBackend.LOCAL:
+        if cfg.cpus.mode is CpuMode.OFF:
+            return CpuPlan()
+        return CpuPlan(note="cpus applies to local canaries; a pod's CPUs are its resources")
+    return probe_plan(plan_cpus(cfg.cpus, current_cpus(), parallel))
+
+
 def run_tune(
     cfg: TuneConfig,
     options: TuneOptions,
@@ -241,8 +266,15 @@ def run_tune(
         for s in (signal.SIGTERM, signal.SIGINT):
             previous[s] = signal.signal(s, on_signal)
     client = make_client(max_connections=8)  # scrapes the canaries, as the daemon does
+    cpu_plan = search_cpu_plan(cfg, options.parallel)
+    for ob in observers:
+        ob.search_note(cpu_plan.describe())
     ctx = TrialContext(cfg, log.store, options.out / "logs", client, build_load_spec(cfg.load),
-                       stop)
+                       stop, cpu_plan)
+    unpinned = current_cpus()
+    if cpu_plan.load and (pin_error := set_process_cpus(cpu_plan.load)):
+        for ob in observers:
+            ob.search_note(f"{pin_error}; the load client runs unpinned")
     pool = ThreadPoolExecutor(max_workers=options.parallel) if options.parallel > 1 else None
     try:
         while steps := plan_steps(trials, cfg, optimizer, options.parallel):
@@ -289,6 +321,8 @@ def run_tune(
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
         client.close()
+        if cpu_plan.load:
+            set_process_cpus(unpinned)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         ctx.ingest.flush()  # scrapes a locked store could not take yet

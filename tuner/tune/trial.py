@@ -38,6 +38,7 @@ from tuner.signals import (
 )
 from tuner.store import Store
 from tuner.tune.config import TuneConfig, TuneSLO
+from tuner.tune.cpus import CpuPlan, cpu_list
 from tuner.tune.planner import Step
 from tuner.tune.records import (
     FAILED_LOSS,
@@ -69,6 +70,8 @@ class TrialContext:
     client: httpx.Client
     load_spec: LoadSpec
     stop: threading.Event
+    #: Where canaries run (``tuner.tune.cpus``); the default pins nothing.
+    cpu_plan: CpuPlan = field(default_factory=CpuPlan)
     ingest: Ingest = field(init=False)
 
     def __post_init__(self) -> None:
@@ -79,9 +82,12 @@ def canary_for(ctx: TrialContext, number: int, flags: Mapping[str, Any], slot: i
     """The canary of trial ``number`` with ``flags``, on the configured backend."""
     cfg = ctx.cfg
     env = dict(cfg.launch.env)
+    cores = ctx.cpu_plan.canary_cores(slot)
     if cfg.canary.omp_binds:
         env["VLLM_CPU_OMP_THREADS_BIND"] = cfg.canary.omp_binds[slot % len(cfg.canary.omp_binds)]
-    spec = replace(cfg.launch, flags=dict(flags), env=env)
+    elif cores and "VLLM_CPU_OMP_THREADS_BIND" not in env:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_list(cores)
+    spec = replace(cfg.launch, flags=dict(flags), env=env, cpus=cores)
     log_path = ctx.logs / f"trial-{number:04d}.log"
     if cfg.canary.backend is CanaryBackend.KUBERNETES:
         assert cfg.canary.pod_template is not None
