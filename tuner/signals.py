@@ -176,7 +176,7 @@ WINDOW_SIGNALS: tuple[Signal, ...] = (
     Signal("preemptions_per_s", _rate("vllm:num_preemptions_total"), "1/s",
            "Preemptions per second (KV blocks reclaimed from a running request)."),
     Signal("requests_per_s", _rate("vllm:request_success_total"), "1/s",
-           "Finished requests per second, every finished_reason."),
+           "Finished requests per second, every finished_reason.", ("finished_reason",)),
     Signal("output_tokens_per_s", _rate("vllm:generation_tokens_total"), "tokens/s",
            "Output (generated) tokens per second."),
     Signal("prompt_tokens_per_s", _rate("vllm:prompt_tokens_total"), "tokens/s",
@@ -428,12 +428,13 @@ REPLICA_LABELS = ("engine", "pid")
 _BY_PLACEHOLDER = re.compile(r"by \(\$BY((?:, *[a-zA-Z_][a-zA-Z0-9_]*)*)\)")
 
 
-def render_rule_expr(signal: Signal, window: str = "5m") -> str:
+def render_rule_expr(signal: Signal, window: str = "5m", selector: str = "") -> str:
     """A signal in the form the rule files use: ``without`` the replica and local labels.
 
     Each ``by ($BY[, kept...])`` becomes ``without (engine, pid, <local labels not kept>)``, so
     the result keeps whatever target labels the scraper attached (job, instance, pod, ...)
-    and alerts carry them. No selector. Info signals have no rule form.
+    and alerts carry them. ``selector`` (``{job=~".*vllm.*"}`` or ``""``) applies to every
+    series. Info signals have no rule form.
     """
     if signal.from_labels is not None:
         raise ValueError(f"signal {signal.name} is read from labels; it has no rule form")
@@ -446,7 +447,23 @@ def render_rule_expr(signal: Signal, window: str = "5m") -> str:
     expr = _BY_PLACEHOLDER.sub(without, signal.expr)
     if "$BY" in expr:
         raise ValueError(f"signal {signal.name}: $BY outside 'by ($BY...)' in {signal.expr!r}")
-    return expr.replace("$SEL_PROC", "").replace("$SEL", "").replace("$W", window)
+    return _merge_selectors(
+        expr.replace("$SEL_PROC", selector).replace("$SEL", selector).replace("$W", window))
+
+
+KV_CACHE_USAGE = Signal(
+    "kv_cache_usage_now",
+    "max by ($BY) (vllm:kv_cache_usage_perc$SEL) or max by ($BY) (vllm:gpu_cache_usage_perc$SEL)",
+    "ratio", "KV-cache blocks in use now, 0..1: the fullest engine of a server (V0 name "
+    "vllm:gpu_cache_usage_perc as fallback; a server exporting both counts once).")
+
+
+def signal_template(name: str) -> Signal:
+    """The signal template called ``name`` (issue 10's, the window tables', KV usage now)."""
+    for sig in (*REQUEST_OUTCOME_SIGNALS, KV_CACHE_USAGE, *WINDOW_SIGNALS, *WINDOW_TOTALS):
+        if sig.name == name:
+            return sig
+    raise KeyError(f"no signal template named {name!r}")
 
 
 STATUS_SIGNALS: tuple[Signal, ...] = (
@@ -573,3 +590,25 @@ TRIAL_LATENCY_SIGNALS: tuple[Signal, ...] = (
 read the same way): TTFT, ITL and queue time, beside the load client's per-request figures.
 Quantiles interpolate inside the histogram's buckets (vLLM's ITL buckets start at 10 ms), so
 small values are coarse; ``server_itl_mean`` is exact."""
+
+
+# -- what suggest reads besides its window signals (refusals, failures, acceptance by step) --
+
+ADMISSION_REJECTIONS_BY_REASON = Signal(
+    "admission_rejections_by_reason",
+    "sum by ($BY, reason) (increase(vllm:admission_rejections_total$SEL[$W]))",
+    "requests", "Requests refused by admission control over the window, one series per reason "
+    "(unknown reasons kept).", ("reason",))
+SPEC_ACCEPTANCE_RATE = Signal(
+    "spec_acceptance",
+    "sum by ($BY) (rate(vllm:spec_decode_num_accepted_tokens_total$SEL[$W]))"
+    " / sum by ($BY) (rate(vllm:spec_decode_num_draft_tokens_total$SEL[$W]))",
+    "ratio", "Speculative draft tokens accepted / proposed over each step's window (read "
+    "against the running batch size for a per-batch-size schedule).")
+
+SUGGEST_RANGE_SIGNALS: tuple[Signal, ...] = (
+    REJECTIONS_PER_1000, HTTP_5XX_RATIO, HTTP_4XX_RATIO, ABORTED_RATIO, ERRORED_RATIO,
+    WAITING_DEFERRED, SPEC_ACCEPTANCE_RATE,
+)
+"""Range signals ``suggest`` reads next to ``WINDOW_SIGNALS``: refusals and failures over time
+(when they happened), deferred waiting (a vLLM 0.29+ server), acceptance per step."""

@@ -93,6 +93,8 @@ class Scenario:
     omit: frozenset[str] = frozenset()  # metric name prefixes to leave out
     extra_labels: tuple[tuple[str, str], ...] = ()
     dcgm_extra_labels: tuple[tuple[str, str], ...] = ()
+    #: Admission control: (reason, share of the finished-request rate refused for it).
+    reject_reasons: tuple[tuple[str, float], ...] = ()
 
     @property
     def end(self) -> float:
@@ -170,6 +172,8 @@ def build_points(sc: Scenario) -> Iterator[Point]:
     def lab(*extra: tuple[str, str]) -> Labels:
         return tuple(sorted(base + extra))
 
+    base_no_engine = tuple(kv for kv in base if kv[0] != "engine")
+
     def name(current: str, old: str | None = None) -> str:
         return old if (sc.v0_names and old) else current
 
@@ -192,6 +196,19 @@ def build_points(sc: Scenario) -> Iterator[Point]:
     add("vllm:request_success_total", lab(("finished_reason", "stop")), counter(rate * 0.9))
     add("vllm:request_success_total", lab(("finished_reason", "length")), counter(rate * 0.1))
     add("vllm:num_preemptions_total", lab(), counter(preempt))
+    # the API server's counters: no engine or model_name label (as vLLM 0.32 exports them)
+    api = tuple(sorted(kv for kv in base if kv[0] not in ("engine", "model_name")))
+    refused = np.zeros_like(rate)
+    for reason, share in sc.reject_reasons:
+        refused = refused + rate * share
+        add("vllm:admission_rejections_total",
+            tuple(sorted((*base_no_engine, ("reason", reason)))), counter(rate * share))
+    http = (("handler", "/v1/completions"), ("method", "POST"))
+    add("http_requests_total", tuple(sorted(api + http + (("status", "2xx"),))),
+        counter(rate))
+    if sc.reject_reasons:
+        add("http_requests_total", tuple(sorted(api + http + (("status", "5xx"),))),
+            counter(refused))
     if sc.prefix_hit_rate > 0:
         q = prompt_tps
         add(name("vllm:prefix_cache_queries_total", "vllm:gpu_prefix_cache_queries_total"),

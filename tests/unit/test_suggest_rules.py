@@ -66,8 +66,11 @@ def steps(value: float, at: tuple[int, int] | None = None, base: float = 0.0,
 def view(n: int = N, step: float = STEP, **kw: Any) -> WindowView:
     """A view of ``n`` steps; series are keyword arguments named as in WINDOW_SIGNALS."""
     fields = {k: kw.pop(k) for k in ("slo", "launch", "config", "totals", "restarts",
-                                      "workload", "dollars_per_hour") if k in kw}
+                                      "workload", "dollars_per_hour", "rejections_by_reason")
+              if k in kw}
     fields.setdefault("slo", SLO_1S)
+    # the server exports HTTP status counts unless a test says otherwise (NaN: not exported)
+    fields["totals"] = {"http_requests": 10_000.0, **fields.get("totals", {})}
     grid = T0 + step * np.arange(n, dtype=np.float64)
     series = {k: np.asarray(v, dtype=np.float64) for k, v in kw.items()}
     series.setdefault("running", np.full(n, 10.0))  # covered unless a test says otherwise
@@ -500,7 +503,7 @@ def test_both_kv_remedies_are_kept_with_the_order_to_apply_them() -> None:
 
 def test_conflicts_are_reported_in_table_order() -> None:
     out = resolve(storm(), [SEQS_DOWN, SEQS_UP, GMU_DOWN, GMU_UP, MBT_DOWN, MBT_UP])
-    assert len(RESOLUTIONS) == 5
+    assert len(RESOLUTIONS) == 6
     assert [c.split(":")[0] for c in out.conflicts] == [
         "--max-num-seqs", "--gpu-memory-utilization", "--max-num-batched-tokens"]
     assert out.recommendations[0] is SEQS_DOWN[1] and GMU_UP[1] not in out.recommendations

@@ -82,8 +82,18 @@ def _suggest_change(r: dict[str, Any]) -> str:
         return "no change"
     if r["direction"] == "off":
         return "turn off"
+    if r["direction"] == "investigate":
+        return "investigate"
+    if r["flag"] is None:
+        return str(r["suggested"] or r["direction"])
     arrow = "↓" if r["direction"] == "down" else "↑"
     return f"{_suggest_value(r['current'])} → {_suggest_value(r['suggested'])} {arrow}"
+
+
+def _alternatives_text(r: dict[str, Any]) -> str:
+    """`` Alternative: --flag 8 (why).`` for each alternative of a recommendation."""
+    return "".join(f" Alternative: {a['flag']} {_suggest_value(a['suggested'])} ({a['reason']})."
+                   for a in r.get("alternatives") or [])
 
 
 def render_suggest_table(report: dict[str, Any]) -> str:
@@ -107,7 +117,8 @@ def render_suggest_table(report: dict[str, Any]) -> str:
     out.append("")
     out.append("Recommendations")
     rows = [[_suggest_target(r["target"]), r["flag"] or "-", _suggest_change(r),
-             r["confidence"], r["reason"]] for r in report["recommendations"]]
+             r["confidence"], r["reason"] + _alternatives_text(r)]
+            for r in report["recommendations"]]
     out.append(render_table(["target", "flag", "change", "confidence", "why"], rows))
     if report.get("conflicts"):
         out.append("")
@@ -140,8 +151,10 @@ def render_suggest_markdown(report: dict[str, Any]) -> str:
             if r["direction"] == "none":
                 out.append(f"- **No change.** {r['reason']}")
                 continue
-            out.append(f"- **`{r['flag']}`**: {_suggest_change(r)} ({r['confidence']} "
-                       f"confidence). {r['reason']}. Expected: {r['expected_effect']}.")
+            what = f"`{r['flag']}`" if r["flag"] else str(r["suggested"] or r["direction"])
+            out.append(f"- **{what}**: {_suggest_change(r)} ({r['confidence']} "
+                       f"confidence). {r['reason']}. Expected: {r['expected_effect']}."
+                       + _alternatives_text(r))
             for e in r["evidence"]:
                 out.append(f"  - evidence: {e['summary']}")
         conflicts = [c for c in report.get("conflicts", []) if c["target"] == t["labels"]]

@@ -7,7 +7,10 @@ matcher selects an exact bucket; ``rules/*.yaml`` in the repository is the rende
 the default SLO (``tuner rules render`` writes it, ``tuner.provision`` ships it).
 
 Placeholders in the templates are ``@NAME@`` tokens (``@TTFT@``, ``@TTFT_LE@``,
-``@BURN_14_4@``, ...), replaced as plain text. This module renders only: it does not load,
+``@BURN_14_4@``, ...), replaced as plain text. ``@SIGNAL:<name>:<window>[:<matchers>]@`` is
+replaced by the rule form of that signal of ``tuner.signals`` (the one place derived
+expressions live): ``without`` the replica labels, over ``window``, with the matchers (e.g.
+``job=~".*vllm.*"``) on every series. This module renders only: it does not load,
 validate or evaluate rules, so ``tuner.provision`` can import it without the evaluator.
 """
 
@@ -15,11 +18,12 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass
 from importlib import resources
 
 from tuner.config import ITL_BUCKETS, REQUEST_BUCKETS, SLO, TTFT_BUCKETS, snap_to_bucket
-from tuner.signals import le_regex
+from tuner.signals import le_regex, render_rule_expr, signal_template
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +99,7 @@ def render_rule_files(slo: SLO | None = None) -> dict[str, str]:
         text = read_template(name)
         for k, v in values.items():
             text = text.replace(k, v)
+        text = _SIGNAL_RE.sub(_signal_expr, text)
         if name == "slo.yaml" and s.notes:
             for note in s.notes:
                 log.warning("rules: %s", note)
@@ -102,6 +107,14 @@ def render_rule_files(slo: SLO | None = None) -> dict[str, str]:
             text = text.replace("\ngroups:\n", "\n" + notes + "groups:\n", 1)
         out[name] = text
     return out
+
+
+_SIGNAL_RE = re.compile(r"@SIGNAL:([a-z0-9_]+):([0-9]+[smhd])(?::([^@]+))?@")
+
+
+def _signal_expr(m: re.Match[str]) -> str:
+    selector = "{" + m.group(3) + "}" if m.group(3) else ""
+    return render_rule_expr(signal_template(m.group(1)), m.group(2), selector)
 
 
 def read_template(name: str) -> str:

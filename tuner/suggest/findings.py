@@ -22,9 +22,10 @@ from tuner.suggest.thresholds import (
     KV_HEADROOM,
     KV_SATURATED,
     MODEL_LEN_SHARE,
+    SPEC_BATCH_SPREAD,
     SPEC_MIN_LENGTH,
 )
-from tuner.suggest.view import WindowView, as_number
+from tuner.suggest.view import HTTP_MISSING, WindowView, as_number
 from tuner.suggest.window import clock
 
 FindingRule = Callable[[WindowView], Finding | None]
@@ -210,7 +211,86 @@ def model_len_unused(v: WindowView) -> Finding | None:
                    longest, "tokens", INFO)
 
 
+def _count(n: float) -> str:
+    return f"{n:,.0f}"
+
+
+def admission_rejections(v: WindowView) -> Finding | None:
+    """Requests refused with HTTP 503 by admission control, with the reasons and caps."""
+    n = v.rejections
+    if not (math.isfinite(n) and n >= 0.5):
+        return None
+    reasons = ", ".join(f"{r} {_count(c)}" for r, c in sorted(
+        v.rejections_by_reason.items(), key=lambda rc: -rc[1]) if c >= 0.5)
+    per1000 = 1000.0 * n / v.arrivals if math.isfinite(v.arrivals) and v.arrivals > 0 \
+        else math.nan
+    rate = f" ({per1000:,.0f} per 1000 arriving requests)" if math.isfinite(per1000) else ""
+    caps = [f"--{flag} {v.current(flag).value}" for flag in
+            ("max-num-queued-reqs", "max-num-queued-tokens")
+            if v.current(flag).value is not None]
+    when = f", {v.when(v.rejecting)}" if v.rejecting.any() else ""
+    return _held(v, v.rejecting, FindingId.ADMISSION_REJECTIONS, "admission_rejections",
+                 f"{_count(n)} requests refused with HTTP 503 by admission control{rate}"
+                 + (f"; by reason: {reasons}" if reasons else "")
+                 + (f"; caps in force: {', '.join(caps)}" if caps else "") + when,
+                 per1000 if math.isfinite(per1000) else n,
+                 "per 1000 requests" if math.isfinite(per1000) else "requests")
+
+
+def request_errors(v: WindowView) -> Finding | None:
+    """Requests that failed other than by admission control (5xx, 4xx, errored, aborted)."""
+    kinds = v.failures
+    if not kinds:
+        return None
+    parts = "; ".join(f"{_count(c)} {k}" for k, c in kinds.items())
+    http = v.total("http_requests")
+    share = (f" out of {_count(http)} HTTP requests" if math.isfinite(http) and http > 0 else "")
+    when = f", {v.when(v.failing)}" if v.failing.any() else ""
+    return _held(v, v.failing, FindingId.REQUEST_ERRORS, "request_errors",
+                 f"requests failed: {parts}{share}{when}", float(sum(kinds.values())),
+                 "requests")
+
+
+def error_rate_unknown(v: WindowView) -> Finding | None:
+    """No HTTP status counts: failures the engine never saw are invisible."""
+    if v.error_rate_known:
+        return None
+    return Finding(FindingId.ERROR_RATE_UNKNOWN, "http_requests", HTTP_MISSING + (
+        "; refused or failed requests that never reached the engine cannot be seen"), None,
+        "requests", INFO)
+
+
+def ttft_queue_uncapped(v: WindowView) -> Finding | None:
+    """TTFT over the SLO while a deep queue waited, with no queued-tokens cap refusing."""
+    m = v.ttft_breach & v.deep_queue
+    cap = v.current("max-num-queued-tokens").value
+    if not m.any() or cap is not None or v.rejections_by_reason.get(
+            "max_num_queued_tokens", 0.0) >= 0.5:
+        return None
+    depth = float(np.nanmedian(v.waiting[m]))
+    return _held(v, m, FindingId.TTFT_QUEUE_UNCAPPED, "waiting",
+                 f"TTFT p99 over the {v.slo.ttft_p99_seconds:g}s SLO while a median "
+                 f"{depth:,.0f} requests waited, with no --max-num-queued-tokens cap, for "
+                 f"{v.fraction_text(m)}, {v.when(m)}", depth, "requests")
+
+
+def spec_acceptance_by_batch(v: WindowView) -> Finding | None:
+    """Speculative acceptance that clearly depends on the running batch size."""
+    bins = [b for b in v.spec_acceptance_by_batch if v.significant_steps(b[3])]
+    if len(bins) < 2:
+        return None
+    rates = [b[2] for b in bins]
+    if max(rates) - min(rates) < SPEC_BATCH_SPREAD:
+        return None
+    text = ", ".join(f"{a}-{b} running: {r:.0%}" for a, b, r, _ in bins)
+    return Finding(FindingId.SPEC_ACCEPTANCE_BY_BATCH, "spec_decode_acceptance_rate",
+                   f"speculative acceptance depends on the running batch size ({text})",
+                   max(rates) - min(rates), "ratio", INFO)
+
+
 FINDINGS: tuple[FindingRule, ...] = (
+    admission_rejections,
+    request_errors,
     kv_saturated_with_queue,
     preemptions,
     ttft_slo_breach,
@@ -225,7 +305,10 @@ FINDINGS: tuple[FindingRule, ...] = (
     cost,
     prefix_cache,
     spec_decode,
+    spec_acceptance_by_batch,
     model_len_unused,
+    ttft_queue_uncapped,
+    error_rate_unknown,
 )
 """Every finding rule, in the order the report lists findings."""
 

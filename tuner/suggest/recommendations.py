@@ -18,6 +18,7 @@ from enum import StrEnum
 import numpy as np
 
 from tuner.suggest.records import (
+    Alternative,
     Confidence,
     CurrentSource,
     Direction,
@@ -33,8 +34,9 @@ from tuner.suggest.thresholds import (
     SPEC_LARGE_BATCH,
     SPEC_LOW_RATE,
     SPEC_MIN_LENGTH,
+    SPEC_OFF_RATE,
 )
-from tuner.suggest.view import WindowView
+from tuner.suggest.view import WindowView, as_number
 
 F = FindingId
 HIGH, MEDIUM, LOW = Confidence.HIGH, Confidence.MEDIUM, Confidence.LOW
@@ -45,6 +47,10 @@ Findings = Mapping[FindingId, Finding]
 class Rule(StrEnum):
     """The recommendation rules; the resolver refers to proposals by rule."""
 
+    QUEUED_REQS_UP = "queued_reqs_up"
+    QUEUED_TOKENS_UP = "queued_tokens_up"
+    REPLICAS = "replicas"
+    QUEUED_TOKENS_CAP = "queued_tokens_cap"
     SEQS_DOWN = "seqs_down"
     SEQS_UP = "seqs_up"
     GMU_DOWN = "gmu_down"
@@ -53,6 +59,7 @@ class Rule(StrEnum):
     MBT_UP = "mbt_up"
     MML_DOWN = "mml_down"
     SPEC = "spec"
+    SPEC_SCHEDULE = "spec_schedule"
 
 
 @dataclass(frozen=True)
@@ -91,15 +98,32 @@ def max_num_seqs_down(v: WindowView, findings: Findings) -> Rec | None:
     strong = preempted and v.duration(v.preempting) >= 1800
     running_text = (f"; about {run_med:.0f} sequences were running then, more than the "
                     "cache holds" if math.isfinite(run_med) else "")
+    suggested = round8(target) if math.isfinite(target) else None
     return Rec(
-        "--max-num-seqs", cur.value, cur.source,
-        round8(target) if math.isfinite(target) else None, DOWN,
+        "--max-num-seqs", cur.value, cur.source, suggested, DOWN,
         "requests were preempted (the KV cache ran out of blocks) or TTFT broke the SLO "
         f"with a full KV cache for {v.fraction_text(m)}{running_text}",
         "fewer preemptions and a shorter TTFT tail while busy; peak throughput may drop "
         "slightly. Raising KV capacity (--gpu-memory-utilization) is the alternative",
         HIGH if strong else (MEDIUM if preempted else LOW),
-        _present(findings, F.PREEMPTIONS, F.KV_SATURATED_WITH_QUEUE, F.TTFT_SLO_BREACH))
+        _present(findings, F.PREEMPTIONS, F.KV_SATURATED_WITH_QUEUE, F.TTFT_SLO_BREACH),
+        active_seqs_alternative(v, suggested))
+
+
+def active_seqs_alternative(v: WindowView, suggested: int | None) -> tuple[Alternative, ...]:
+    """``--max-num-active-seqs`` as the no-re-capture way to bring concurrency down, when
+    the server has it (vLLM 0.29+, detected from its metrics; else said as an assumption)."""
+    cur = v.current("max-num-active-seqs").value
+    if v.has_admission_metrics:
+        basis = ("the server exports vLLM 0.29+ metrics (num_requests_waiting_by_reason / "
+                 "admission_rejections_total), so it has --max-num-active-seqs")
+    else:
+        basis = ("assumes vLLM 0.29 or later: this server's metrics do not show its version; "
+                 "older releases refuse the flag")
+    return (Alternative(
+        "--max-num-active-seqs", cur, suggested,
+        "caps running requests without changing --max-num-seqs, which sizes buffers and "
+        f"CUDA graphs: no graph re-capture, a restart with the same memory plan; {basis}"),)
 
 
 def max_num_seqs_up(v: WindowView, findings: Findings) -> Rec | None:
@@ -256,7 +280,164 @@ def speculative_config(v: WindowView, findings: Findings) -> Rec | None:
         "less wasted draft work per step", MEDIUM, (F.SPEC_DECODE,))
 
 
+def _refused(v: WindowView, reason: str) -> float:
+    return v.rejections_by_reason.get(reason, 0.0)
+
+
+def _headroom(v: WindowView) -> tuple[bool | None, str]:
+    """Whether a refusing server had KV and compute to spare, and the figures that say so."""
+    kv = v.kv_headroom_while_rejecting
+    compute, how = v.compute_headroom_while_rejecting
+    peak = float(np.nanmax(v.kv[v.rejecting])) if np.isfinite(v.kv[v.rejecting]).any() \
+        else math.nan
+    kv_text = (f"KV cache at most {peak:.0%}" if math.isfinite(peak)
+               else "KV usage unknown while refusing")
+    if kv is None or compute is None:
+        return None, f"{kv_text}; {how}"
+    return kv and compute, f"{kv_text}; {how}"
+
+
+def max_num_queued_reqs_up(v: WindowView, findings: Findings) -> Rec | Skip | None:
+    """Refused by the requests cap while KV and compute had headroom: a longer queue."""
+    n = _refused(v, "max_num_queued_reqs")
+    if n < 0.5:
+        return None
+    room, figures = _headroom(v)
+    if room is None:
+        return Skip(f"--max-num-queued-reqs up: {n:,.0f} requests were refused by it, but "
+                    f"headroom could not be judged ({figures})")
+    if not room:
+        return None
+    cur = v.current("max-num-queued-reqs")
+    seqs = as_number(v.current("max-num-seqs").value)
+    now = as_number(cur.value)
+    options = [x for x in (2 * now if now else None, 2 * seqs if seqs else None) if x]
+    return Rec(
+        "--max-num-queued-reqs", cur.value, cur.source, int(max(options)) if options else None,
+        UP, f"{n:,.0f} requests were refused with 503 by the requests cap while the server "
+        f"had room ({figures}): the cap, not capacity, turned them away"
+        + ("; at least 2 x max-num-seqs lets a full batch run with a queue behind it"
+           if seqs else ""),
+        "fewer 503s at the same latency while headroom lasts; watch TTFT and KV usage",
+        HIGH if v.significant(v.rejecting) else MEDIUM,
+        _present(findings, F.ADMISSION_REJECTIONS, F.REQUEST_ERRORS))
+
+
+def max_num_queued_tokens_up(v: WindowView, findings: Findings) -> Rec | Skip | None:
+    """Refused by the queued-tokens cap while KV and compute had headroom: a larger cap."""
+    n = _refused(v, "max_num_queued_tokens")
+    if n < 0.5:
+        return None
+    room, figures = _headroom(v)
+    if room is None:
+        return Skip(f"--max-num-queued-tokens up: {n:,.0f} requests were refused by it, but "
+                    f"headroom could not be judged ({figures})")
+    if not room:
+        return None
+    cur = v.current("max-num-queued-tokens")
+    now = as_number(cur.value)
+    sized = v.slo.ttft_p99_seconds * v.prefill_capacity
+    options = [x for x in (2 * now if now else None, sized if math.isfinite(sized) else None)
+               if x]
+    return Rec(
+        "--max-num-queued-tokens", cur.value, cur.source,
+        int(max(options)) if options else None, UP,
+        f"{n:,.0f} requests were refused with 503 by the queued-tokens cap while the server "
+        f"had room ({figures})",
+        "fewer 503s; TTFT grows with the longer queue, so keep it under the TTFT target x "
+        "prefill tokens/s", MEDIUM, _present(findings, F.ADMISSION_REJECTIONS))
+
+
+def add_replicas(v: WindowView, findings: Findings) -> Rec | None:
+    """Refused while the server was at capacity: more servers, not a longer queue."""
+    n = v.rejections
+    if not (math.isfinite(n) and n >= 0.5):
+        return None
+    room, figures = _headroom(v)
+    if room is not False:
+        return None
+    return Rec(
+        None, None, CurrentSource.UNKNOWN, "add replicas", UP,
+        f"{n:,.0f} requests were refused with 503 while the server was at capacity "
+        f"({figures}): raising --max-num-queued-reqs/--max-num-queued-tokens would only queue "
+        "them past the TTFT target",
+        "the refused load is served by the new replicas; each server keeps its latency",
+        MEDIUM, _present(findings, F.ADMISSION_REJECTIONS))
+
+
+def max_num_queued_tokens_cap(v: WindowView, findings: Findings) -> Rec | Skip | None:
+    """TTFT over the SLO behind a deep, uncapped queue: shed overload with fast 503s."""
+    if F.TTFT_QUEUE_UNCAPPED not in findings:
+        return None
+    m = v.ttft_breach & v.deep_queue
+    if not v.significant(m):
+        return None
+    rate = v.prefill_capacity
+    target = v.slo.ttft_p99_seconds
+    if not math.isfinite(rate):
+        return Skip("--max-num-queued-tokens: TTFT broke the SLO behind a deep queue, but the "
+                    "prefill rate (vllm:prompt_tokens_total) is unknown")
+    cur = v.current("max-num-queued-tokens")
+    assumed = "" if cur.source is CurrentSource.LAUNCH else (
+        " (no cap in the launch flags and none refusing: assumed uncapped)")
+    return Rec(
+        "--max-num-queued-tokens", cur.value, cur.source, int(round(target * rate, -2) or 100),
+        DOWN, f"TTFT p99 broke the {target:g}s SLO for {v.fraction_text(m)} while requests "
+        f"queued{assumed}; cap = TTFT target {target:g}s x measured prefill {rate:,.0f} "
+        "prompt tok/s (median while requests waited)",
+        "overload is refused at once with 503 (clients retry elsewhere) instead of queuing "
+        "past the SLO; served requests keep TTFT near the target",
+        MEDIUM, _present(findings, F.TTFT_QUEUE_UNCAPPED, F.TTFT_SLO_BREACH))
+
+
+def _spec_k(rate: float, best: float, k: int) -> int:
+    """Speculative tokens at a batch size from its acceptance rate relative to the best."""
+    if rate < SPEC_OFF_RATE:
+        return 0
+    return max(1, min(k, round(k * rate / best)))
+
+
+def speculative_schedule(v: WindowView, findings: Findings) -> Rec | Skip | None:
+    """Acceptance depends on the batch size: a ``num_speculative_tokens_per_batch_size``
+    schedule of ``[first, last, K]`` ranges (vLLM's dynamic speculative decoding)."""
+    if F.SPEC_ACCEPTANCE_BY_BATCH not in findings:
+        return None
+    k = v.speculative_tokens
+    if not k.value:
+        return Skip("speculative schedule: acceptance depends on the batch size, but "
+                    "num_speculative_tokens is unknown")
+    bins = [b for b in v.spec_acceptance_by_batch if v.significant_steps(b[3])]
+    best = max(r for _, _, r, _ in bins)
+    seqs = as_number(v.current("max-num-seqs").value)
+    schedule: list[list[int]] = []
+    for i, (first, last, rate, _) in enumerate(bins):
+        kk = _spec_k(rate, best, int(k.value))
+        lo = 1 if i == 0 else schedule[-1][1] + 1
+        if schedule and kk > schedule[-1][2]:  # unmeasured sizes between take the smaller K
+            schedule[-1][1] = first - 1
+            lo = first
+        hi = max(last, int(seqs or last)) if i == len(bins) - 1 else last
+        if schedule and schedule[-1][2] == kk:
+            schedule[-1][1] = hi
+        else:
+            schedule.append([lo, hi, kk])
+    measured = ", ".join(f"{a}-{b}: {r:.0%}" for a, b, r, _ in bins)
+    return Rec(
+        "--speculative-config num_speculative_tokens_per_batch_size", k.value, k.source,
+        schedule, DOWN,
+        f"acceptance by running batch size ({measured}) differs enough that one K does not "
+        f"fit all: K scales with acceptance relative to the best ({best:.0%}), 0 below "
+        f"{SPEC_OFF_RATE:.0%}; unmeasured sizes take the smaller neighbouring K",
+        "draft work where it is accepted, none where it is wasted (mind the upstream note: "
+        "switching schedule ranges can change CUDA-graph modes)",
+        MEDIUM, (F.SPEC_ACCEPTANCE_BY_BATCH,))
+
+
 RECOMMENDATIONS: tuple[tuple[Rule, RecommendRule], ...] = (
+    (Rule.QUEUED_REQS_UP, max_num_queued_reqs_up),
+    (Rule.QUEUED_TOKENS_UP, max_num_queued_tokens_up),
+    (Rule.REPLICAS, add_replicas),
+    (Rule.QUEUED_TOKENS_CAP, max_num_queued_tokens_cap),
     (Rule.SEQS_DOWN, max_num_seqs_down),
     (Rule.SEQS_UP, max_num_seqs_up),
     (Rule.GMU_DOWN, gpu_memory_utilization_down),
@@ -265,6 +446,7 @@ RECOMMENDATIONS: tuple[tuple[Rule, RecommendRule], ...] = (
     (Rule.MBT_UP, max_num_batched_tokens_up),
     (Rule.MML_DOWN, max_model_len_down),
     (Rule.SPEC, speculative_config),
+    (Rule.SPEC_SCHEDULE, speculative_schedule),
 )
 """Every recommendation rule, in the order the report lists recommendations."""
 
@@ -283,7 +465,15 @@ def propose(v: WindowView, findings: Findings) -> tuple[list[tuple[Rule, Rec]], 
 
 
 def no_change(v: WindowView, findings: Findings) -> Rec:
-    """"No change", with what was healthy, when no recommendation is left."""
+    """"No change", with what was healthy, when no recommendation is left; never while
+    requests were refused or failed (then: investigate, with the evidence)."""
+    failing = _present(findings, F.ADMISSION_REJECTIONS, F.REQUEST_ERRORS)
+    if failing:
+        what = "; ".join(findings[f].summary for f in failing)
+        return Rec(
+            None, None, CurrentSource.UNKNOWN, None, Direction.INVESTIGATE,
+            f"not healthy: {what}. No flag change follows from the metrics; look at the "
+            "server log and the clients", "none until the cause is known", LOW, failing)
     healthy = []
     if F.KV_SATURATED_WITH_QUEUE not in findings:
         healthy.append("no full KV cache with a queue")

@@ -38,6 +38,11 @@ class FindingId(StrEnum):
     PREFIX_CACHE = "prefix_cache"
     SPEC_DECODE = "spec_decode"
     MODEL_LEN_UNUSED = "model_len_unused"
+    ADMISSION_REJECTIONS = "admission_rejections"
+    REQUEST_ERRORS = "request_errors"
+    ERROR_RATE_UNKNOWN = "error_rate_unknown"
+    TTFT_QUEUE_UNCAPPED = "ttft_queue_uncapped"
+    SPEC_ACCEPTANCE_BY_BATCH = "spec_acceptance_by_batch"
 
 
 class Severity(StrEnum):
@@ -50,6 +55,7 @@ class Direction(StrEnum):
     DOWN = "down"
     OFF = "off"
     NONE = "none"
+    INVESTIGATE = "investigate"  # requests fail and no flag change explains it
 
 
 class Confidence(StrEnum):
@@ -111,8 +117,26 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class Alternative:
+    """Another flag that makes the same change, and when to prefer it."""
+
+    flag: str
+    current: Any
+    suggested: Any
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"flag": self.flag, "current": self.current, "suggested": self.suggested,
+                "reason": self.reason}
+
+
+@dataclass(frozen=True)
 class Recommendation:
-    """A flag change (or "no change") with its evidence (finding ids)."""
+    """A flag change (or "no change") with its evidence (finding ids).
+
+    ``flag`` is None for "no change" and for changes that are not a flag (add replicas,
+    investigate failing requests); ``alternatives`` are other flags with the same effect.
+    """
 
     flag: str | None
     current: Any
@@ -123,6 +147,7 @@ class Recommendation:
     expected_effect: str
     confidence: Confidence
     evidence: tuple[FindingId, ...] = ()
+    alternatives: tuple[Alternative, ...] = ()
 
     def to_json(self, findings: Mapping[FindingId, Finding]) -> dict[str, Any]:
         return {
@@ -139,6 +164,7 @@ class Recommendation:
                  "summary": findings[fid].summary, "ranges": ranges_json(findings[fid].ranges)}
                 for fid in self.evidence if fid in findings
             ],
+            "alternatives": [a.to_json() for a in self.alternatives],
         }
 
 

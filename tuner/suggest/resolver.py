@@ -11,7 +11,9 @@ with one sentence per conflict saying how it was settled:
 * ``--max-num-batched-tokens`` up (TTFT) and down (ITL): the larger breach wins;
 * ``--max-num-seqs`` up and down: down (a full cache outweighs a queue at other times);
 * ``--max-num-seqs`` down with ``--gpu-memory-utilization`` up: both kept, with the order to
-  apply them.
+  apply them;
+* a per-batch-size speculative schedule and one ``num_speculative_tokens`` change (or turning
+  speculation off): the schedule wins, it keeps speculation where it is accepted.
 """
 
 from __future__ import annotations
@@ -88,6 +90,16 @@ def seqs_down_with_gmu_up(v: WindowView, proposals: Proposals) -> tuple[Proposal
         "preemptions continue")
 
 
+def spec_schedule_over_spec(v: WindowView, proposals: Proposals
+                            ) -> tuple[Proposals, str | None]:
+    if not (_has(proposals, Rule.SPEC_SCHEDULE) and _has(proposals, Rule.SPEC)):
+        return proposals, None
+    return _drop(proposals, Rule.SPEC), (
+        "--speculative-config: one num_speculative_tokens for every batch size (or none) "
+        "conflicts with a per-batch-size schedule; acceptance depends on the batch size, so "
+        "the schedule is recommended")
+
+
 Resolver = Callable[[WindowView, Proposals], tuple[Proposals, str | None]]
 
 RESOLUTIONS: tuple[Resolver, ...] = (
@@ -96,6 +108,7 @@ RESOLUTIONS: tuple[Resolver, ...] = (
     mbt_up_against_down,
     seqs_up_against_down,
     seqs_down_with_gmu_up,
+    spec_schedule_over_spec,
 )
 """The conflict rules, applied in this order (the order of the report's ``conflicts``)."""
 

@@ -22,3 +22,8 @@ MODEL_LEN_SHARE = 0.5  # observed prompt+output below this share of max-model-le
 SIGNIFICANT_STEPS = 3  # a condition must hold for at least this many evaluation steps...
 SIGNIFICANT_SECONDS = 600.0  # ...and this long, or
 SIGNIFICANT_SHARE = 0.05  # ...this share of the covered window, whichever is shorter
+QUEUE_DEEP_MIN = 2.0  # a queue this long or longer (and at least the running batch) is "deep"
+SPEC_BATCH_SPREAD = 0.15  # acceptance differing this much between batch sizes "depends" on them
+SPEC_OFF_RATE = 0.2  # acceptance below this at a batch size: no speculation there (K = 0)
+#: Running-batch-size ranges a num_speculative_tokens schedule is measured over.
+SPEC_BATCH_BINS = ((1, 4), (5, 16), (17, 64), (65, 256), (257, 1024), (1025, 4096))

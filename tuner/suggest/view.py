@@ -34,15 +34,18 @@ from tuner.suggest.thresholds import (
     KV_HEADROOM,
     KV_SATURATED,
     PREEMPT_PER_1000,
+    QUEUE_DEEP_MIN,
     SIGNIFICANT_SECONDS,
     SIGNIFICANT_SHARE,
     SIGNIFICANT_STEPS,
+    SPEC_BATCH_BINS,
 )
 from tuner.suggest.window import Segment, TargetData, clock
 
 # The flags suggest reads a current value of; each must be a number when it is configured.
 NUMERIC_FLAGS = ("max-num-seqs", "max-num-batched-tokens", "max-model-len",
-                 "gpu-memory-utilization")
+                 "gpu-memory-utilization", "max-num-queued-reqs", "max-num-queued-tokens",
+                 "max-num-active-seqs")
 
 # Signals whose absence the report names (series name, what it is).
 EXPECTED_SIGNALS = (
@@ -55,6 +58,10 @@ EXPECTED_SIGNALS = (
     ("gpu_utilization", "GPU utilization (DCGM_FI_DEV_GPU_UTIL)"),
     ("gpu_fb_free_mib", "GPU free memory (DCGM_FI_DEV_FB_FREE)"),
 )
+
+
+HTTP_MISSING = ("HTTP status counts (http_requests_total): the error rate is unknown, not "
+                "zero")
 
 
 def launch_value(launch: Mapping[str, Any], flag: str) -> Any:
@@ -163,10 +170,17 @@ class WindowView:
     restarts: tuple[float, ...] = ()  # restarts without a configuration change
     workload: Mapping[str, Any] = field(default_factory=dict)
     dollars_per_hour: float = 0.0
+    #: Admission rejections over the window by ``reason`` (every reason vLLM reported).
+    rejections_by_reason: Mapping[str, float] = field(default_factory=dict)
 
     def get(self, name: str) -> np.ndarray:
         arr = self.series.get(name)
         return arr if arr is not None else np.full(len(self.grid), np.nan)
+
+    def total(self, name: str) -> float:
+        """A whole-window total, NaN when the server does not export it (unknown, not 0)."""
+        v = self.totals.get(name)
+        return float(v) if v is not None and math.isfinite(v) else math.nan
 
     # -- the series ---------------------------------------------------------------------
 
@@ -234,11 +248,15 @@ class WindowView:
 
     def significant(self, mask: np.ndarray) -> bool:
         """Whether ``mask`` held long enough to count (see ``tuner.suggest.thresholds``)."""
+        return self.significant_steps(int(mask.sum()))
+
+    def significant_steps(self, steps: int) -> bool:
+        """Whether ``steps`` evaluation steps are enough to count (as ``significant``)."""
         if not self.covered_seconds:
             return False
         least = max(SIGNIFICANT_STEPS * self.step,
                     min(SIGNIFICANT_SECONDS, SIGNIFICANT_SHARE * self.covered_seconds))
-        return self.duration(mask) >= least
+        return steps * self.step >= least
 
     def fraction_text(self, mask: np.ndarray) -> str:
         """``2h00m (8% of the window)``."""
@@ -391,9 +409,130 @@ class WindowView:
 
     @cached_property
     def missing(self) -> tuple[str, ...]:
-        """What the segment has no data for, by name and metric."""
-        return tuple(what for name, what in EXPECTED_SIGNALS
-                     if not np.isfinite(self.get(name)).any())
+        """What the segment has no data for, by name and metric (the HTTP status counts are
+        read as a window total: without them the error rate is unknown)."""
+        gone = [what for name, what in EXPECTED_SIGNALS if not np.isfinite(self.get(name)).any()]
+        if not self.error_rate_known:
+            gone.append(HTTP_MISSING)
+        return tuple(gone)
+
+    # -- refused and failed requests (vLLM 0.29+ admission control; HTTP statuses) ------
+
+    @cached_property
+    def error_rate_known(self) -> bool:
+        """The server exports ``http_requests_total`` (else its error rate is unknown)."""
+        return math.isfinite(self.total("http_requests"))
+
+    @cached_property
+    def rejections(self) -> float:
+        """Requests refused by admission control in the window (NaN: not exported)."""
+        by_reason = sum(self.rejections_by_reason.values()) if self.rejections_by_reason \
+            else math.nan
+        total = self.total("admission_rejections")
+        return total if math.isfinite(total) else by_reason
+
+    @cached_property
+    def rejecting(self) -> np.ndarray:
+        """Steps with admission rejections."""
+        with np.errstate(invalid="ignore"):
+            return self.get("rejections_per_1000") > 0
+
+    @cached_property
+    def failures(self) -> dict[str, float]:
+        """Failed requests other than admission rejections, by kind (only kinds that
+        happened): HTTP 5xx beyond the 503 refusals, HTTP 4xx, errored and aborted finishes."""
+        rejected = self.rejections if math.isfinite(self.rejections) else 0.0
+        kinds = {
+            "HTTP 5xx other than admission refusals":
+                max(0.0, self.total("http_5xx") - rejected),
+            "HTTP 4xx": self.total("http_4xx"),
+            "finished with an engine error": self.total("requests_errored"),
+            "aborted": self.total("requests_aborted"),
+        }
+        return {k: v for k, v in kinds.items() if math.isfinite(v) and v >= 0.5}
+
+    @cached_property
+    def failing(self) -> np.ndarray:
+        """Steps where some requests failed (5xx, 4xx, errored or aborted finishes)."""
+        with np.errstate(invalid="ignore"):
+            m = np.zeros(len(self.grid), dtype=bool)
+            for name in ("http_4xx_ratio", "errored_ratio", "aborted_ratio"):
+                m |= self.get(name) > 0
+            other_5xx = self.get("http_5xx_ratio") > 0
+            if math.isfinite(self.rejections) and self.rejections > 0:
+                other_5xx &= ~self.rejecting  # those 5xx are the refusals themselves
+            return m | other_5xx
+
+    @cached_property
+    def arrivals(self) -> float:
+        """Requests that arrived in the window: finished plus refused (NaN if unknown)."""
+        finished = self.total("requests")
+        rejected = self.rejections if math.isfinite(self.rejections) else 0.0
+        return finished + rejected if math.isfinite(finished) else math.nan
+
+    def _during(self, arr: np.ndarray, mask: np.ndarray, how: str = "median") -> float:
+        vals = arr[mask]
+        if not np.isfinite(vals).any():
+            return math.nan
+        return float(np.nanmax(vals) if how == "max" else np.nanmedian(vals))
+
+    @cached_property
+    def kv_headroom_while_rejecting(self) -> bool | None:
+        """The KV cache stayed below ``KV_HEADROOM`` while requests were refused (None:
+        no KV data then)."""
+        peak = self._during(self.kv, self.rejecting, "max")
+        return None if math.isnan(peak) else peak < KV_HEADROOM
+
+    @cached_property
+    def compute_headroom_while_rejecting(self) -> tuple[bool | None, str]:
+        """Whether the server had compute to spare while refusing, and how that was judged:
+        GPU utilization below ``GPU_BUSY_UTIL`` (DCGM), else the running batch below
+        max-num-seqs (the batch had free slots)."""
+        m = self.rejecting
+        if self.has_gpu:
+            util = self._during(self.gpu_util, m)
+            if math.isfinite(util):
+                return util < GPU_BUSY_UTIL, f"GPU utilization median {util:.0f}%"
+        running = self._during(self.running, m, "max")
+        seqs = as_number(self.current("max-num-seqs").value)
+        if math.isfinite(running) and seqs is not None:
+            free = running < seqs
+            return free, (f"at most {running:.0f} requests running of max-num-seqs "
+                          f"{seqs:.0f}" + (" (no GPU metrics: judged by the running batch)"
+                                           if not self.has_gpu else ""))
+        return None, "no GPU metrics and no known max-num-seqs to judge compute headroom"
+
+    @cached_property
+    def deep_queue(self) -> np.ndarray:
+        """Steps with at least ``QUEUE_DEEP_MIN`` waiting and at least as many as running."""
+        with np.errstate(invalid="ignore"):
+            return (self.waiting >= QUEUE_DEEP_MIN) & ~(self.waiting < self.running)
+
+    @cached_property
+    def prefill_capacity(self) -> float:
+        """Prompt tokens/s the server prefilled while requests queued (its measured prefill
+        rate under load; NaN if unknown)."""
+        return self._during(self.prompt_tokens_per_s, self.queued & np.isfinite(
+            self.prompt_tokens_per_s) & (self.prompt_tokens_per_s > 0))
+
+    @cached_property
+    def has_admission_metrics(self) -> bool:
+        """The server exports vLLM 0.29+ series (waiting by reason, admission rejections)."""
+        return bool(np.isfinite(self.get("waiting_deferred")).any()) or math.isfinite(
+            self.rejections)
+
+    @cached_property
+    def spec_acceptance_by_batch(self) -> tuple[tuple[int, int, float, int], ...]:
+        """Speculative acceptance rate by running batch size: ``(first, last, median rate,
+        steps)`` per ``SPEC_BATCH_BINS`` range with data, smallest batches first."""
+        rate, running = self.get("spec_acceptance"), self.running
+        out = []
+        for first, last in SPEC_BATCH_BINS:
+            with np.errstate(invalid="ignore"):
+                m = np.isfinite(rate) & (running >= first - 0.5) & (running < last + 0.5)
+            if m.any():
+                out.append((first, last, float(np.median(rate[m])), int(m.sum())))
+        return tuple(out)
 
     def current(self, flag: str, config_key: str | None = None) -> Current:
         """The running value of ``flag``: the cache_config_info label ``config_key`` if
@@ -425,4 +564,5 @@ def view_of(td: TargetData, slo: SLO, launch: Mapping[str, Any], step: float,
         series[name] = masked
     return WindowView(grid=td.grid, step=step, series=series, slo=slo, launch=launch,
                       config=seg.config, totals=td.totals, restarts=td.restarts,
-                      workload=td.workload or {}, dollars_per_hour=dollars_per_hour)
+                      workload=td.workload or {}, dollars_per_hour=dollars_per_hour,
+                      rejections_by_reason=td.rejections_by_reason)

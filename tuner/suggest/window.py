@@ -4,7 +4,8 @@
 (``choose_step``: at most 300 points, at least 5 s). ``collect`` reads the window from a
 ``tuner.source.Source``: the ``WINDOW_SIGNALS`` of ``tuner.signals`` as range queries,
 whole-window totals as instant ``increase`` queries, ``vllm:cache_config_info`` and
-``process_start_time_seconds`` for the configuration and restarts, and the workload
+``process_start_time_seconds`` for the configuration and restarts, refusals and failures
+(``SUGGEST_RANGE_SIGNALS``; admission rejections by reason, unknown reasons kept), and the workload
 fingerprint (``tuner.workload``). Series are grouped per server (``instance``), carrying
 ``model_name``/``namespace``/``deployment``/``pod`` when present; DCGM GPU series are
 attributed by ``pod`` (Kubernetes) or, with a single server, to that server. The result is
@@ -25,6 +26,8 @@ import numpy as np
 from tuner.config import format_duration, parse_duration
 from tuner.errors import SuggestError
 from tuner.signals import (
+    ADMISSION_REJECTIONS_BY_REASON,
+    SUGGEST_RANGE_SIGNALS,
     VLLM_GROUP_BY,
     WINDOW_SIGNALS,
     WINDOW_TOTALS,
@@ -146,6 +149,8 @@ class TargetData:
     restarts: tuple[float, ...] = ()  # restart times without a config change
     workload: Mapping[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    #: Admission rejections over the window by ``reason`` (unknown reasons kept).
+    rejections_by_reason: Mapping[str, float] = field(default_factory=dict)
 
     def get(self, name: str) -> np.ndarray:
         arr = self.series.get(name)
@@ -169,6 +174,7 @@ def collect(source: Source, window: Window, selector: str = "") -> list[TargetDa
     if not instances:
         raise _no_data(source, window, selector)
     totals, resets = _read_totals(source, window, selector)
+    by_reason = _read_rejections(source, window, selector)
     configs = _read_configs(source, window, selector)
     grid = window.grid()
     targets = []
@@ -183,7 +189,7 @@ def collect(source: Source, window: Window, selector: str = "") -> list[TargetDa
         targets.append(TargetData(
             labels=read.display[inst], grid=grid, series=series,
             totals=totals.get(inst, {}), segments=segments, restarts=restarts, workload=wl,
-            notes=notes))
+            notes=notes, rejections_by_reason=by_reason.get(inst, {})))
     return targets
 
 
@@ -213,6 +219,13 @@ def _read_series(source: Source, window: Window, selector: str) -> _Read:
             if sig.name != "process_start_time":
                 d = read.display.setdefault(inst, {})
                 d.update({k: s.labels[k] for k in DISPLAY_LABELS if k in s.labels})
+    for sig in SUGGEST_RANGE_SIGNALS:  # of the vLLM servers found above only
+        expr = render_signal(sig, selector, VLLM_GROUP_BY, w)
+        for s in source.range(expr, window.start, window.end, window.step):
+            inst = s.labels.get("instance", "")
+            if inst in read.by_instance:
+                read.by_instance[inst][sig.name] = _align(grid, window.step, s.timestamps,
+                                                          s.values)
     return read
 
 
@@ -241,6 +254,19 @@ def _read_totals(source: Source, window: Window, selector: str
     for el in res.vector:
         resets[el.labels.get("instance", "")] = float(el.value)
     return totals, resets
+
+
+def _read_rejections(source: Source, window: Window, selector: str
+                     ) -> dict[str, dict[str, float]]:
+    """Admission rejections over the window per instance and ``reason`` (any reason)."""
+    expr = render_signal(ADMISSION_REJECTIONS_BY_REASON, selector, VLLM_GROUP_BY,
+                         format_duration(window.seconds))
+    out: dict[str, dict[str, float]] = {}
+    for el in source.instant(expr, window.end).vector:
+        if math.isfinite(el.value):
+            out.setdefault(el.labels.get("instance", ""), {})[
+                el.labels.get("reason", "") or "(no reason label)"] = float(el.value)
+    return out
 
 
 def _read_configs(source: Source, window: Window, selector: str
