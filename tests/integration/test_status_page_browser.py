@@ -207,3 +207,19 @@ def test_page_is_readable_on_a_phone(sidecar: dict[str, Any]) -> None:
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_page_shows_a_suggest_report_computed_in_the_background(
+        sidecar: dict[str, Any], browser: Any) -> None:
+    """No suggest.schedule: the page runs suggest over the store itself, off the request path."""
+    deadline = time.time() + 90
+    while True:
+        browser.get(sidecar["url"])
+        if by_css(browser, "#recommendations"):
+            break
+        assert time.time() < deadline, by_css(browser, "#suggest")[0].text
+        time.sleep(2)
+    section = by_css(browser, "#suggest")[0].text
+    assert "computed by this page over the last hour" in section
+    rows = by_css(browser, "#recommendations tr.recommendation, #recommendations td.mut")
+    assert rows

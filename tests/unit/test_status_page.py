@@ -19,6 +19,7 @@ import pytest
 
 from tests.support.dcgm import DcgmExporter
 from tests.support.page import RecordedVllmTarget, filled_daemon, page_config
+from tuner.daemon import Daemon
 from tuner.rules import AlertState, AlertStatus
 from tuner.signals import STATUS_SIGNALS
 from tuner.web import PageSources, Request, StatusPage, WebServer
@@ -133,6 +134,7 @@ def test_a_locked_store_gives_a_page_that_says_so_not_a_500(filled: Any) -> None
         assert "The store cannot be read now" in r.text and "locked" in r.text
         assert "StillShown" in r.text and "alerts come from memory" in r.text
         assert "<html" in r.text and 'id="store-busy"' in r.text
+        assert page._suggest_future is None  # no suggest run started against a locked store
         locker.execute("ROLLBACK")
         locker.close()  # exclusive mode keeps the lock until the connection closes
         r = httpx.get(url + "/", trust_env=False, timeout=30)
@@ -188,3 +190,43 @@ def test_suggest_report_scheduled_or_computed_in_the_background(tmp_path: Path,
     finally:
         store.delete_documents("suggest_report", ["2026-12-01T00:00:00Z"])
         store.close()
+
+
+def test_the_page_sits_behind_the_listeners_basic_auth(tmp_path: Path) -> None:
+    import bcrypt
+
+    hashed = bcrypt.hashpw(b"pw-for-page", bcrypt.gensalt(rounds=4)).decode()
+    (tmp_path / "web.yml").write_text(f"basic_auth_users:\n  alice: '{hashed}'\n")
+    cfg = page_config(tmp_path, [], web_config_file=str(tmp_path / "web.yml"))
+    daemon = Daemon(cfg)
+    daemon.start()
+    try:
+        host, port = daemon.address
+        url = f"http://{host}:{port}"
+        for path in ("/", "/ui/tune/run/convergence.png"):
+            r = httpx.get(url + path, trust_env=False)
+            assert r.status_code == 401 and "tuner sidecar" not in r.text, path
+        r = httpx.get(url + "/", auth=("alice", "pw-for-page"), trust_env=False)
+        assert r.status_code == 200 and "No targets configured" in r.text
+        assert httpx.get(url + "/", auth=("alice", "wrong"), trust_env=False).status_code == 401
+    finally:
+        daemon.stop()
+
+
+def test_charts_are_recomputed_once_a_minute_and_values_every_time(filled: Any) -> None:
+    now = [time.time() // 60 * 60 + 1]
+    page = StatusPage(PageSources(filled, filled.store.path, clock=lambda: now[0]),
+                      cache_seconds=0)
+    try:
+        page.index(Request("GET", "/"))
+        first = page._charts
+        assert first is not None and first[0] == now[0] - 1
+        now[0] += 30
+        page.index(Request("GET", "/"))
+        assert page._charts is first  # same minute: reused
+        now[0] += 31
+        page.index(Request("GET", "/"))
+        assert page._charts is not first and page._charts is not None
+        assert page._charts[0] == first[0] + 60
+    finally:
+        page.close()

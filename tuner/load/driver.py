@@ -23,7 +23,9 @@ import itertools
 import json
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import numpy as np
@@ -234,11 +236,38 @@ def _cancelled_record(origin_wall: float, origin_mono: float, t0: float) -> Requ
                          e2e=time.monotonic() - t0, start=origin_wall + (t0 - origin_mono))
 
 
+#: How often (s) a run with a ``should_stop`` callback asks it.
+STOP_POLL_S = 0.25
+#: ``should_stop(records so far, now as epoch seconds) -> True`` ends the run early.
+ShouldStop = Callable[[Sequence[RequestRecord], float], bool]
+
+
+async def _wait_or_stop(aws: Sequence[asyncio.Future[Any]], hard_stop: float,
+                        records: Sequence[RequestRecord], now_wall: Callable[[], float],
+                        should_stop: ShouldStop | None) -> bool:
+    """Wait for ``aws`` until ``hard_stop`` (monotonic); True if ``should_stop`` said stop."""
+    pending = set(aws)
+    while pending and time.monotonic() < hard_stop:
+        timeout = max(0.0, hard_stop - time.monotonic())
+        if should_stop is not None:
+            timeout = min(timeout, STOP_POLL_S)
+        _, pending = await asyncio.wait(pending, timeout=timeout)
+        if should_stop is not None and should_stop(records, now_wall()):
+            return True
+    return False
+
+
 async def _drive(client: httpx.AsyncClient, url: str, model: str, spec: LoadSpec,
                  plan: _Plan, rng: np.random.Generator, count_cap: int, duration: float,
-                 measured: bool) -> tuple[list[RequestRecord], float, float]:
-    """Issue requests until ``duration`` or ``count_cap``; returns records and window."""
+                 measured: bool, should_stop: ShouldStop | None = None
+                 ) -> tuple[list[RequestRecord], float, float]:
+    """Issue requests until ``duration`` or ``count_cap`` (or until ``should_stop`` says so:
+    then the requests in flight are cancelled and left out); returns records and window."""
     origin_wall, origin_mono = time.time(), time.monotonic()
+
+    def now_wall() -> float:
+        return origin_wall + (time.monotonic() - origin_mono)
+
     stop_at = origin_mono + duration
     hard_stop = stop_at + spec.request_timeout
     records: list[RequestRecord] = []
@@ -263,7 +292,7 @@ async def _drive(client: httpx.AsyncClient, url: str, model: str, spec: LoadSpec
                 tasks.pop(task, None)
 
         workers = [asyncio.ensure_future(worker()) for _ in range(spec.concurrency)]
-        await asyncio.wait(workers, timeout=max(0.0, hard_stop - time.monotonic()))
+        stopped = await _wait_or_stop(workers, hard_stop, records, now_wall, should_stop)
         for w in workers:
             w.cancel()
     else:  # Poisson open loop
@@ -284,23 +313,28 @@ async def _drive(client: httpx.AsyncClient, url: str, model: str, spec: LoadSpec
             tasks.pop(task, None)
 
         scheduled = 0
+        stopped = False
         while scheduled < count_cap:
             next_at += float(rng.exponential(1.0 / spec.request_rate))
             if next_at >= stop_at:
                 break
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            if should_stop is not None and should_stop(records, now_wall()):
+                stopped = True
+                break
             t = asyncio.ensure_future(send())
             scheduled += 1
             pending.add(t)
             t.add_done_callback(pending.discard)
-        if pending:
-            await asyncio.wait(pending, timeout=max(0.0, hard_stop - time.monotonic()))
+        if pending and not stopped:
+            stopped = await _wait_or_stop(list(pending), hard_stop, records, now_wall,
+                                          should_stop)
         for t in list(pending):
             t.cancel()
     for task, t0 in list(tasks.items()):
         if not task.done():
             task.cancel()
-            if measured:
+            if measured and not stopped:
                 records.append(_cancelled_record(origin_wall, origin_mono, t0))
     if tasks:
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -317,8 +351,13 @@ def make_client(pool_size: int, request_timeout: float) -> httpx.AsyncClient:
 
 
 async def run_load(base_url: str, model: str, spec: LoadSpec,
-                   client: httpx.AsyncClient | None = None) -> LoadResult:
-    """Warm up, then drive ``spec`` against ``base_url`` (e.g. http://127.0.0.1:8000)."""
+                   client: httpx.AsyncClient | None = None,
+                   should_stop: ShouldStop | None = None) -> LoadResult:
+    """Warm up, then drive ``spec`` against ``base_url`` (e.g. http://127.0.0.1:8000).
+
+    ``should_stop`` (asked every ``STOP_POLL_S`` during the measured window with the records
+    so far) may end the window early: the requests then in flight are cancelled, not counted.
+    """
     if not base_url.startswith(("http://", "https://")):
         raise LoadError(f"load: base URL {base_url!r} must start with http:// or https://")
     url = base_url.rstrip("/") + "/v1/completions"
@@ -331,7 +370,8 @@ async def run_load(base_url: str, model: str, spec: LoadSpec,
             await _drive(http, url, model, spec, plan, rng, spec.warmup_requests,
                          spec.duration, measured=False)
         records, started, ended = await _drive(http, url, model, spec, plan, rng,
-                                               spec.request_cap, spec.duration, measured=True)
+                                               spec.request_cap, spec.duration, measured=True,
+                                               should_stop=should_stop)
     finally:
         if own:
             await http.aclose()
@@ -341,6 +381,7 @@ async def run_load(base_url: str, model: str, spec: LoadSpec,
                       ended=ended)
 
 
-def run_load_sync(base_url: str, model: str, spec: LoadSpec) -> LoadResult:
+def run_load_sync(base_url: str, model: str, spec: LoadSpec,
+                  should_stop: ShouldStop | None = None) -> LoadResult:
     """``run_load`` in a fresh event loop (for callers without one)."""
-    return asyncio.run(run_load(base_url, model, spec))
+    return asyncio.run(run_load(base_url, model, spec, should_stop=should_stop))

@@ -198,6 +198,40 @@ def knob_cell(trial: Trial, knob: Knob) -> str:
     return fmt_number(value) if value is not None else "default"
 
 
+def search_lines(outcome: TuneOutcome) -> list[str]:
+    """The ``## Search`` section: the initial design, what the KV bound ruled out or made
+    unlikely, the verdict's statistics, the start-up share and the early stops."""
+    cfg = outcome.config
+    lines = ["## Search", ""]
+    bound = outcome.bound
+    design = outcome.design
+    lines.append(f"- initial design: {cfg.optimizer.initial_design}, {len(design)} points"
+                 + (" over the likely part of the space" if bound is not None and bound.likely
+                    else " over the whole space"))
+    if bound is None:
+        lines.append("- KV bound: none (the baseline's KV capacity was not measured)")
+    for note in bound.notes if bound is not None else ():
+        lines.append(f"- {note}")
+    if outcome.comparison is not None and outcome.comparison.method:
+        lines.append(f"- verdict: {outcome.comparison.method}")
+    if outcome.trial_s > 0:
+        starts = [t.timings["start_s"] for t in outcome.trials if "start_s" in t.timings]
+        later = sorted(starts[1:])
+        lines.append(
+            f"- start-up: {outcome.startup_s:.0f} s of {outcome.trial_s:.0f} s of trials "
+            f"({outcome.startup_s / outcome.trial_s:.0%})"
+            + (f"; first {starts[0]:.0f} s, later median {later[len(later) // 2]:.0f} s "
+               "(vLLM's compile cache, VLLM_CACHE_ROOT, is shared by the trials)"
+               if later else ""))
+    stopped = [t for t in outcome.trials if t.state == "stopped"]
+    if stopped:
+        lines.append(f"- stopped early: {len(stopped)} trial{'s' if len(stopped) > 1 else ''}, "
+                     f"{outcome.saved_s:.0f} s of load saved (trials "
+                     f"{', '.join(str(t.number) for t in stopped)})")
+    lines.append("")
+    return lines
+
+
 def render_tune_report(outcome: TuneOutcome) -> str:
     """``report.md``: best flags against the baseline, the verdict, commands, every trial."""
     import json
@@ -246,7 +280,10 @@ def render_tune_report(outcome: TuneOutcome) -> str:
                      f"{outcome.comparison.winner_n} vs {outcome.comparison.baseline_n} runs"
                      + (", re-measured interleaved)" if confirmed else
                         "; no interleaved re-measurement was configured)"))
+    for note in outcome.edge_notes:
+        lines += ["", f"Winner at the edge: {note}."]
     lines.append("")
+    lines += search_lines(outcome)
     lines.append("## Best against baseline")
     lines.append("")
     lines.append("| | baseline | best candidate |")

@@ -85,6 +85,19 @@ class Noise:
     confirm_rounds: int = 1
     min_gain: float = 0.05
     single_run_noise: float = 0.2
+    #: Stop a searched trial's load early when its partial throughput is already worse than
+    #: the incumbent's beyond the noise (after ``early_stop_after`` of the load window).
+    early_stop: bool = True
+    early_stop_after: float = 0.35
+
+
+class InitialDesign(StrEnum):
+    """How the first ``optimizer.initial_points`` candidates are placed
+    (``optimizer.initial_design``): space-filling (Latin hypercube, Sobol) or random."""
+
+    LHS = "lhs"
+    SOBOL = "sobol"
+    RANDOM = "random"
 
 
 @dataclass(frozen=True)
@@ -93,6 +106,10 @@ class OptimizerConfig:
     initial_points: int = 4
     seed: int = 0
     acq_func: str = "gp_hedge"
+    initial_design: InitialDesign = InitialDesign.LHS
+
+    def __post_init__(self) -> None:  # "lhs" and InitialDesign.LHS are the same design
+        object.__setattr__(self, "initial_design", InitialDesign(self.initial_design))
 
 
 @dataclass(frozen=True)
@@ -342,6 +359,12 @@ def _parse_noise(r: _Reader, raw: Any) -> Noise:
     for k in ("min_gain", "single_run_noise"):
         if k in nm:
             r.positive(nm[k], f"noise.{k}")
+    if not isinstance(nm.get("early_stop", True), bool):
+        raise r.fail("noise.early_stop", f"{nm['early_stop']!r} is not true or false")
+    after = nm.get("early_stop_after", 0.35)
+    if isinstance(after, bool) or not isinstance(after, int | float) or not 0 < after < 1:
+        raise r.fail("noise.early_stop_after",
+                     f"{after!r} is not a fraction of the load window in (0, 1)")
     return Noise(**nm)
 
 
@@ -359,12 +382,16 @@ def _parse_optimizer(r: _Reader, raw: Any) -> OptimizerConfig:
         raise r.fail(
             "optimizer.acq_func", f"{acq!r} is not allowed; use one of {', '.join(ACQ_FUNCS)}"
         )
+    design = opm.get("initial_design", InitialDesign.LHS)
+    if design not in tuple(InitialDesign):
+        raise r.fail("optimizer.initial_design", f"{design!r} is not allowed; use one of "
+                     f"{', '.join(InitialDesign)}")
     init = opm.get("initial_points", 4)
     seed = opm.get("seed", 0)
     for k, v in (("initial_points", init), ("seed", seed)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise r.fail(f"optimizer.{k}", f"{v!r} is not a non-negative integer")
-    return OptimizerConfig(est, max(1, init), seed, acq)
+    return OptimizerConfig(est, max(1, init), seed, acq, InitialDesign(design))
 
 
 def _parse_canary(r: _Reader, raw: Any, base_dir: Path) -> CanaryConfig:

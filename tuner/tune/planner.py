@@ -22,10 +22,16 @@ from typing import Any
 
 from tuner.canary import flag_args
 from tuner.errors import TuneError
+from tuner.load import LoadSpec
+from tuner.tune.bound import KvBound, kv_bound
 from tuner.tune.config import Noise, Objective, TuneConfig
-from tuner.tune.optimizer import AskTell
+from tuner.tune.early_stop import EarlyStop, early_stop_rule, time_saved
+from tuner.tune.optimizer import AskTell, initial_design, propose
+from tuner.tune.parse_load import build_load_spec
 from tuner.tune.records import BASELINE_SUBJECT, Trial, TrialKind, TrialState, subject_of
-from tuner.tune.space import apply_constraints
+from tuner.tune.space import apply_constraints, point_key
+from tuner.tune.verdict import Comparison, edge_of_range
+from tuner.tune.verdict import compare as verdict_compare
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,8 @@ class Step:
     x: tuple[Any, ...] | None = None
     #: The step runs the baseline flags (the baseline, and its confirmation runs).
     measures_baseline: bool = False
+    #: When its load stops early (searched trials once there is an incumbent).
+    early_stop: EarlyStop | None = None
 
     def __post_init__(self) -> None:  # "search" and TrialKind.SEARCH are the same kind
         object.__setattr__(self, "kind", TrialKind(self.kind))
@@ -136,6 +144,61 @@ def choose_winner(trials: Sequence[Trial], noise: Noise, objective: Objective) -
     return feasible[0]
 
 
+def measured_keys(trials: Sequence[Trial], cfg: TuneConfig) -> set[str]:
+    """Point keys of every point the search has run (or rejected), the baseline's included
+    when its flags are a point of the space."""
+    keys = {point_key(t.point) for t in trials if t.point}
+    base = cfg.space.point_from_flags(cfg.baseline_flags)
+    if base is not None and any(t.kind is TrialKind.BASELINE for t in trials):
+        keys.add(point_key(base))
+    return keys
+
+
+def search_bound(trials: Sequence[Trial], cfg: TuneConfig,
+                 load: LoadSpec | None = None) -> KvBound | None:
+    """The space's bound from the baseline's measured KV capacity (``tuner.tune.bound``)."""
+    base = next((t for t in trials if t.kind is TrialKind.BASELINE
+                 and t.measurement is not None), None)
+    if base is None or base.measurement is None:
+        return None
+    m = base.measurement
+    spec = load if load is not None else build_load_spec(cfg.load)
+    return kv_bound(cfg.space, cfg.baseline_flags, m.kv_capacity_tokens, m.kv_block_size,
+                    spec, cfg.constraints.max_model_len)
+
+
+def design_points(trials: Sequence[Trial], cfg: TuneConfig,
+                  load: LoadSpec | None = None) -> list[dict[str, Any]]:
+    """The initial design: ``optimizer.initial_points`` space-filling points over the part
+    of the space the KV bound leaves likely (deterministic for the config and baseline)."""
+    bound = search_bound(trials, cfg, load)
+    o = cfg.optimizer
+    return initial_design(cfg.space, o.initial_points, o.initial_design, o.seed,
+                          within=bound.likely if bound is not None else None)
+
+
+def next_points(trials: Sequence[Trial], cfg: TuneConfig, optimizer: AskTell, n: int,
+                load: LoadSpec | None = None) -> list[tuple[dict[str, Any], list[Any]]]:
+    """Up to ``n`` (point, x) to measure next: the initial design's points not measured yet,
+    then the optimizer's proposals. Never a point already measured, nor one the KV bound
+    rules out; fewer (or none) when the space has no such point left."""
+    bound = search_bound(trials, cfg, load)
+    taken = measured_keys(trials, cfg)
+
+    def allowed(p: Mapping[str, Any]) -> bool:
+        return point_key(p) not in taken and (bound is None or bound.allows(p))
+
+    out: list[tuple[dict[str, Any], list[Any]]] = []
+    for p in design_points(trials, cfg, load):
+        if len(out) < n and allowed(p):
+            taken.add(point_key(p))
+            out.append((p, cfg.space.x(p)))
+    if len(out) < n:
+        for x in propose(optimizer, cfg.space, n - len(out), allowed):
+            out.append((cfg.space.point(x), list(x)))
+    return out
+
+
 def search_elapsed(trials: Sequence[Trial]) -> float:
     """Seconds spent in trials so far (summed, so it survives a resume)."""
     return sum(max(0.0, t.duration) for t in trials)
@@ -158,11 +221,14 @@ def plan_steps(
     optimizer: AskTell,
     k: int = 1,
     budget_trials: int | None = None,
+    load: LoadSpec | None = None,
 ) -> list[Step]:
     """The next steps (at most ``k``, to run concurrently), or ``[]`` when the search is done.
 
     A pure function of the finished trials (and the optimizer they taught), so a resumed
     search continues exactly where it stopped. Raises TuneError when the baseline failed.
+    Searched steps come from ``next_points``; ``load`` is the search's load (built from
+    ``cfg.load`` when not given).
     """
     budget = cfg.budget.trials if budget_trials is None else budget_trials
     base = [t for t in trials if t.kind is TrialKind.BASELINE]
@@ -179,15 +245,16 @@ def plan_steps(
     over_time = cfg.budget.wall_time is not None and search_elapsed(trials) >= cfg.budget.wall_time
     if len(searched) < budget and not over_time:
         n = min(k, budget - len(searched))
-        asked = optimizer.ask(n_points=n) if n > 1 else [optimizer.ask()]
+        rule = early_stop_rule(trials, cfg)
         steps = []
-        for x in asked:
-            point = cfg.space.point(x)
+        for point, x in next_points(trials, cfg, optimizer, n, load):
             flags, notes = apply_constraints(
                 {**cfg.launch.flags, **cfg.space.flags(point)}, cfg.space, cfg.constraints
             )
-            steps.append(Step(TrialKind.SEARCH, point, flags, notes, tuple(point.values())))
-        return steps
+            steps.append(Step(TrialKind.SEARCH, point, flags, notes, tuple(x), early_stop=rule))
+        if steps:
+            return steps
+        # no point of the space is left to measure: go on with the finalists
 
     repeats: list[Step] = []
     for c in finalists(trials, cfg.noise):
@@ -225,60 +292,12 @@ class Recommendation(StrEnum):
     BASELINE = "baseline"  # no feasible winner, or its gain is inside the noise
 
 
-@dataclass(frozen=True)
-class Comparison:
-    """Winner against baseline over all their runs (baseline first + interleaved confirms)."""
-
-    baseline_mean: float
-    baseline_stdev: float
-    baseline_n: int
-    winner_mean: float
-    winner_stdev: float
-    winner_n: int
-    gain: float
-    gain_low: float
-    gain_high: float
-    significant: bool
-    verdict: str
-
-
 def compare(
     winner: Candidate, baseline: Candidate, objective: Objective, noise: Noise
 ) -> Comparison:
-    """Gain of the winner over the baseline with its spread, and whether it beats the noise.
-
-    ``gain`` is the relative improvement (throughput up, or $/Mtok down, as a fraction). With
-    two or more runs on each side the gain is significant when the difference of means exceeds
-    twice its standard error and ``noise.min_gain``; with a single run on either side there is
-    no spread to estimate, so it must exceed ``noise.single_run_noise`` (restart-to-restart
-    noise measured on vLLM CPU).
-    """
-    bv, wv = baseline.values, winner.values
-    bm = statistics.fmean(bv) if bv else math.nan
-    wm = statistics.fmean(wv) if wv else math.nan
-    bs = statistics.stdev(bv) if len(bv) > 1 else math.nan
-    ws = statistics.stdev(wv) if len(wv) > 1 else math.nan
-    if objective.higher_is_better:
-        gain = wm / bm - 1 if bm > 0 else math.inf
-    else:
-        gain = bm / wm - 1 if wm > 0 else -1.0
-    if len(bv) > 1 and len(wv) > 1 and bm > 0:
-        se = math.sqrt(bs**2 / len(bv) + ws**2 / len(wv))
-        diff = (wm - bm) if objective.higher_is_better else (bm - wm)
-        rel_se = se / bm
-        low, high = gain - 2 * rel_se, gain + 2 * rel_se
-        significant = diff > 2 * se and gain >= noise.min_gain
-    else:
-        low, high = gain - noise.single_run_noise, gain + noise.single_run_noise
-        significant = gain >= noise.single_run_noise
-    if significant:
-        verdict = f"significant gain: {gain * 100:+.1f}% ({low * 100:+.1f}% .. {high * 100:+.1f}%)"
-    else:
-        verdict = (
-            f"no significant gain: {gain * 100:+.1f}% is inside the noise "
-            f"({low * 100:+.1f}% .. {high * 100:+.1f}%)"
-        )
-    return Comparison(bm, bs, len(bv), wm, ws, len(wv), gain, low, high, significant, verdict)
+    """Gain of the winner over the baseline with its interval (``tuner.tune.verdict``: medians
+    and MAD of their fresh-canary runs)."""
+    return verdict_compare(winner.values, baseline.values, objective, noise)
 
 
 @dataclass(frozen=True)
@@ -295,6 +314,16 @@ class TuneOutcome:
     best_flags: Mapping[str, Any] = field(default_factory=dict)
     best_args: tuple[str, ...] = ()
     recommend: Recommendation = Recommendation.BASELINE
+    #: What the baseline's KV capacity said about the space (None: not measured).
+    bound: KvBound | None = None
+    #: The initial design's points (knob values).
+    design: tuple[Mapping[str, Any], ...] = ()
+    #: Notes for a winner at the edge of the searched range.
+    edge_notes: tuple[str, ...] = ()
+    #: Seconds of all trials, of their server start-ups, and saved by early stops.
+    trial_s: float = 0.0
+    startup_s: float = 0.0
+    saved_s: float = 0.0
     #: The workload fingerprint the search was tuned for (``tuner.tune.fingerprint``); None
     #: when no baseline trial was measured. The daemon's drift check compares production with it.
     workload: Mapping[str, Any] | None = None
@@ -305,9 +334,11 @@ class TuneOutcome:
 
 
 def summarize_search(
-    cfg: TuneConfig, trials: Sequence[Trial], complete: bool = True
+    cfg: TuneConfig, trials: Sequence[Trial], complete: bool = True,
+    load: LoadSpec | None = None,
 ) -> TuneOutcome:
-    """Pick winner and baseline, compare them, and list the best infeasible points."""
+    """Pick winner and baseline, compare them, and list the best infeasible points; with the
+    search's bound, design, edge-of-range notes, start-up share and early-stop savings."""
     groups = candidates(trials)
     baseline = groups.get(BASELINE_SUBJECT)
     winner = choose_winner(trials, cfg.noise, cfg.objective)
@@ -336,6 +367,12 @@ def summarize_search(
         best_flags,
         tuple(serve_args(cfg, best_flags)),
         recommend,
+        bound=search_bound(trials, cfg, load),
+        design=tuple(design_points(trials, cfg, load)) if trials else (),
+        edge_notes=edge_of_range(cfg.space, winner.point) if winner is not None else (),
+        trial_s=sum(float(t.timings.get("total_s", 0.0)) for t in trials),
+        startup_s=sum(float(t.timings.get("start_s", 0.0)) for t in trials),
+        saved_s=time_saved(trials),
     )
 
 

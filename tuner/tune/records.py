@@ -3,8 +3,9 @@
 * ``TrialKind``: the order a search runs trials in (baseline, search, repeat, confirm).
   ``TrialState``: ok = ran and met the SLO; slo = ran and missed it; failed = no usable
   measurement (exit, oom, health_timeout, start_error, flag_rejected: vLLM refused a flag,
-  load_error, load_errors); rejected = a
-  constraint ruled the candidate out before launch.
+  load_error, load_errors); rejected = a constraint ruled the candidate out before launch;
+  stopped = its load was stopped early, already worse than the incumbent beyond the noise
+  (partial figures kept).
 * ``Measurement``: the load run's client-side summary plus the canary's server-side signals.
 * ``Trial``: one finished trial as persisted (``to_json``/``from_json``: the store document).
   ``subject`` says whom it measures: ``baseline`` (``measures_baseline``) or its point's key.
@@ -86,6 +87,7 @@ class TrialState(StrEnum):
     SLO = "slo"
     FAILED = "failed"
     REJECTED = "rejected"
+    STOPPED = "stopped"  # stopped early: already worse than the incumbent beyond the noise
 
 
 def subject_of(measures_baseline: bool, point: Mapping[str, Any]) -> str:
@@ -112,6 +114,9 @@ class Measurement(LoadSummary):
     kv_usage_mean: float = math.nan
     spec_decode_acceptance: float = math.nan
     server_generation_tokens: float = math.nan
+    #: The canary's KV cache (``vllm:cache_config_info``): tokens and block size.
+    kv_capacity_tokens: float = math.nan
+    kv_block_size: float = math.nan
     #: The canary's own histograms over the load window (``signals.TRIAL_LATENCY_SIGNALS``).
     server_ttft_p50: float = math.nan
     server_ttft_p99: float = math.nan

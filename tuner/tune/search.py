@@ -277,7 +277,8 @@ def run_tune(
             ob.search_note(f"{pin_error}; the load client runs unpinned")
     pool = ThreadPoolExecutor(max_workers=options.parallel) if options.parallel > 1 else None
     try:
-        while steps := plan_steps(trials, cfg, optimizer, options.parallel):
+        while steps := plan_steps(trials, cfg, optimizer, options.parallel,
+                                  load=ctx.load_spec):
             planned = planned_total(cfg)
             base = next((t for t in trials if t.kind is TrialKind.BASELINE), None)
             reference = base.objective if base is not None and base.objective else None
@@ -327,4 +328,5 @@ def run_tune(
             signal.signal(signum, handler)
         ctx.ingest.flush()  # scrapes a locked store could not take yet
         log.close()
-    return replace(summarize_search(cfg, trials, complete=True), workload=workload)
+    return replace(summarize_search(cfg, trials, complete=True, load=ctx.load_spec),
+                   workload=workload)

@@ -18,7 +18,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,18 +27,30 @@ from tuner.canary import Canary, CanaryBackend, CanaryHandle, KubernetesCanary, 
 from tuner.config import Target
 from tuner.errors import CanaryFailed, TunerError
 from tuner.ingest import Ingest
-from tuner.load import LoadResult, LoadSpec, LoadSummary, records_csv, run_load_sync, summarize
+from tuner.load import (
+    LoadResult,
+    LoadSpec,
+    LoadSummary,
+    RequestRecord,
+    records_csv,
+    run_load_sync,
+    summarize,
+)
+from tuner.load.driver import ShouldStop
 from tuner.promql import Engine
 from tuner.scrape import scrape_target
 from tuner.signals import (
+    KV_CAPACITY_TOKENS,
     TRIAL_LATENCY_SIGNALS,
     TRIAL_SIGNALS,
+    kv_capacity_from_info,
     per_thousand_requests,
     render_signal,
 )
 from tuner.store import Store
 from tuner.tune.config import TuneConfig, TuneSLO
 from tuner.tune.cpus import CpuPlan, cpu_list
+from tuner.tune.early_stop import EarlyStop
 from tuner.tune.planner import Step
 from tuner.tune.records import (
     FAILED_LOSS,
@@ -53,6 +65,8 @@ if TYPE_CHECKING:
     import httpx
 
 SCRAPE_TIMEOUT = 5.0
+#: The server's counter of generated tokens (early stopping reads its rate during the load).
+GENERATED_TOKENS = "vllm:generation_tokens_total"
 SCRAPE_MAX_BYTES = 10 * 1024 * 1024
 
 
@@ -120,12 +134,17 @@ class CanaryScraper:
         self._thread = threading.Thread(target=self._run, name=f"scrape-{instance}", daemon=True)
         self.scrapes = 0
         self.error = ""
+        #: (scrape time, the server's generated tokens so far) per answered scrape.
+        self.generated: list[tuple[float, float]] = []
 
     def scrape_once(self) -> None:
         outcome = scrape_target(self.client, self.target, SCRAPE_TIMEOUT, SCRAPE_MAX_BYTES)
         report = self.ingest.ingest([outcome])
         if outcome.up:
             self.scrapes += 1
+            tokens = [x.value for x in outcome.samples if x.name == GENERATED_TOKENS]
+            if tokens:
+                self.generated.append((outcome.ts, sum(tokens)))
         else:
             self.error = outcome.error
         if report.failures:
@@ -173,8 +192,16 @@ def server_signals(store: Store, instance: str, start_ms: int, end_ms: int) -> d
         for sig in TRIAL_LATENCY_SIGNALS
     }
     drafts = v["spec_draft_tokens"]
+    # the info series at mid-window: at its end the retired canary's series are stale
+    info = engine.instant(render_signal(KV_CAPACITY_TOKENS, selector, by="instance"),
+                          (start_ms + end_ms) / 2000.0).vector
+    sets = [e.labels for e in info]
+    capacity = kv_capacity_from_info(sets) if sets else None
+    blocks = [float(b) for s in sets if (b := s.get("block_size", "")).isdigit()]
     return {
         **latency,
+        "kv_capacity_tokens": math.nan if capacity is None else capacity,
+        "kv_block_size": max(blocks) if blocks else math.nan,
         "preemptions": v["preemptions"],
         "preemptions_per_1k_requests": per_thousand_requests(v["preemptions"], v["requests"])
         if not math.isnan(v["requests"])
@@ -220,6 +247,7 @@ class TrialRun:
     reason: str = ""
     log_tail: str = ""
     measurement: Measurement | None = None
+    stopped_early: bool = False
 
 
 def run_trial(
@@ -257,6 +285,8 @@ def run_trial(
         state, value, loss, violations = score_trial(
             run.measurement, cfg.objective, cfg.slo, reference
         )
+        if run.stopped_early and run.measurement is not None:
+            state = TrialState.STOPPED
     ended = time.time()
     timings["total_s"] = time.perf_counter() - t0
     return Trial(number, step.kind, dict(step.point), dict(step.flags), state, loss, value,
@@ -279,13 +309,16 @@ def _measure(ctx: TrialContext, canary: Canary, number: int, step: Step,
     timings["start_s"] = time.perf_counter() - t0
     if ctx.stop.is_set():
         return None
-    return measure_canary(ctx, canary, handle, number, run, timings)
+    return measure_canary(ctx, canary, handle, number, run, timings, step.early_stop)
 
 
 def measure_canary(ctx: TrialContext, canary: Canary, handle: CanaryHandle, number: int,
-                   run: TrialRun, timings: dict[str, float]) -> TrialRun | None:
+                   run: TrialRun, timings: dict[str, float],
+                   early_stop: EarlyStop | None = None) -> TrialRun | None:
     """Load and scrape a running canary as trial ``number``, then read its signals into
-    ``run`` (None: interrupted). The caller starts and stops the canary."""
+    ``run`` (None: interrupted). The caller starts and stops the canary. With an
+    ``early_stop`` rule the load stops once the run is worse than the incumbent beyond the
+    noise (``run.stopped_early``; ``timings["saved_s"]``: the window not spent)."""
     cfg = ctx.cfg
     instance = f"trial-{number}"
     scraper = CanaryScraper(ctx.client, ctx.ingest, handle.metrics_url, instance,
@@ -296,13 +329,16 @@ def measure_canary(ctx: TrialContext, canary: Canary, handle: CanaryHandle, numb
     scrape_s = time.perf_counter() - t_scr
     t_load = time.perf_counter()
     result: LoadResult | None
+    should_stop = _stopper(early_stop, ctx.load_spec, scraper, run)
     try:
         result = run_load_sync(handle.url, cfg.launch.served_model_name or cfg.launch.model,
-                               ctx.load_spec)
+                               ctx.load_spec, should_stop=should_stop)
         load_error = ""
     except TunerError as exc:
         result, load_error = None, str(exc)
     timings["load_s"] = time.perf_counter() - t_load
+    if run.stopped_early and result is not None:
+        timings["saved_s"] = max(0.0, ctx.load_spec.duration - (result.ended - result.started))
     t_scr = time.perf_counter()
     scraper.finish()
     window_end = int(time.time() * 1000)
@@ -319,6 +355,32 @@ def measure_canary(ctx: TrialContext, canary: Canary, handle: CanaryHandle, numb
         run.notes.append(f"server signals incomplete: {scraper.error}")
     timings["signals_s"] = time.perf_counter() - t_sig
     return run
+
+
+def _stopper(rule: EarlyStop | None, spec: LoadSpec, scraper: CanaryScraper, run: TrialRun
+             ) -> ShouldStop | None:
+    """The load's ``should_stop`` for an early-stop rule (closed loop only: an open loop's
+    token rate is the load's arrival rate, not the server's)."""
+    if rule is None or spec.request_rate is not None:
+        return None
+    start: list[float] = []
+
+    def should_stop(_records: Sequence[RequestRecord], now: float) -> bool:
+        if not start:
+            start.append(now)
+        if run.stopped_early or not rule.should_stop(scraper.generated, start[0],
+                                                     spec.duration):
+            return False
+        run.stopped_early = True
+        elapsed = now - start[0]
+        run.notes.append(
+            f"stopped early after {elapsed:.1f} s of {spec.duration:g} s: the server's token "
+            f"rate was below {rule.threshold(elapsed, spec.duration):,.0f} tok/s, worse than "
+            f"the incumbent's {rule.incumbent:,.0f} beyond the noise "
+            f"({rule.noise * 100:.0f}% per run)")
+        return True
+
+    return should_stop
 
 
 def _write_requests(path: Path, result: LoadResult, run: TrialRun) -> None:

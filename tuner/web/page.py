@@ -11,7 +11,8 @@ no connection is left per request thread. A store that is locked or otherwise un
 so, with what does not need the store (alerts, tuning) still shown; never a ``500``. The
 suggest report is the daemon's newest scheduled one (``suggest.schedule``) or else one the
 page computes over the last hour in a background thread every ``suggest_every`` seconds,
-never per request. A rendered page is reused for ``cache_seconds``.
+never per request. A rendered page is reused for ``cache_seconds``; the charts (an hour at a
+60 s step, aligned to the minute) are recomputed once a minute.
 """
 
 from __future__ import annotations
@@ -117,6 +118,9 @@ class StatusPage:
         self._suggest_future: Future[SuggestView] | None = None
         self._computed: SuggestView | None = None
         self._computed_at: float | None = None
+        # charts are at a 60 s step aligned to the minute: reuse them within the minute
+        self.chart_cache = True
+        self._charts: tuple[float, dict[str, tuple[SignalChart, ...]]] | None = None
 
     def routes(self) -> list[Route]:
         return [Route("/", self.index), Route(PLOT_ROUTE, self.plot)]
@@ -153,7 +157,11 @@ class StatusPage:
         except Exception as exc:  # the page must render even if the rule state cannot be read
             log.exception("status page: reading alerts failed")
             alerts_error = f"alerts unavailable: {exc}"
-        tuning = self.sources.tuning()
+        tuning: TuningProgress | None = None
+        try:
+            tuning = self.sources.tuning()
+        except Exception:  # as for alerts: one section missing, not a 500
+            log.exception("status page: reading the tuning window failed")
         run = latest_tune_run(self.sources.config.tune.out)
         tune_report = read_tune_report(run) if run is not None else None
         base = PageData(now=now, chart_start=start, alerts=alerts, alerts_error=alerts_error,
@@ -163,31 +171,52 @@ class StatusPage:
                           busy_timeout=self.busy_timeout)
         except StoreError as exc:
             return replace(base, store_error=store_busy_reason(exc),
-                            suggest=self._computed_view(now, None))
+                           suggest=self._computed_view(now, None, refresh=False))
         try:
             status = status_from_store(self.sources.config, store, now)
-            charts = _charts(store, status.signals, start, now)
+            charts = self._charts_at(store, status.signals, now)
             scheduled = _latest_scheduled(store)
         except (StoreError, sqlite3.Error, TunerError) as exc:
             return replace(base, store_error=store_busy_reason(exc),
-                            suggest=self._computed_view(now, None))
+                           suggest=self._computed_view(now, None, refresh=False))
         finally:
             store.close()
         return replace(base, status=status, charts=charts,
-                        suggest=self._computed_view(now, scheduled))
+                       suggest=self._computed_view(now, scheduled))
+
+    def _charts_at(self, store: Store, now_values: dict[str, dict[str, float]],
+                   now: float) -> dict[str, tuple[SignalChart, ...]]:
+        """The last hour of each signal, recomputed once a minute; the value now (evaluated at
+        every render) is each chart's last point."""
+        end = now // CHART_STEP * CHART_STEP
+        if not self.chart_cache or self._charts is None or self._charts[0] != end:
+            self._charts = (end, _charts(store, end - CHART_WINDOW, end))
+        history = self._charts[1]
+        out: dict[str, tuple[SignalChart, ...]] = {}
+        for inst in sorted(set(history) | set(now_values)):
+            past = {c.signal.name: c.points for c in history.get(inst, ())}
+            values = now_values.get(inst, {})
+            out[inst] = tuple(
+                SignalChart(sig, values.get(sig.name),
+                            past.get(sig.name, ()) + _point(now, values.get(sig.name)))
+                for sig in STATUS_SIGNALS if sig.name in past or sig.name in values)
+        return out
 
     # -- suggest ------------------------------------------------------------------------
 
-    def _computed_view(self, now: float, scheduled: dict[str, Any] | None) -> SuggestView:
-        """The scheduled report if there is one, else the page's own, refreshed when stale."""
+    def _computed_view(self, now: float, scheduled: dict[str, Any] | None,
+                       refresh: bool = True) -> SuggestView:
+        """The scheduled report if there is one, else the page's own, refreshed when stale
+        (not while the store cannot be read: that run would only report the lock)."""
         if scheduled is not None:
             return SuggestView(SuggestOrigin.SCHEDULED, scheduled)
         fut = self._suggest_future
         if fut is not None and fut.done():
-            self._computed = fut.result()
             self._suggest_future = None
+            if not fut.cancelled():
+                self._computed = fut.result()  # _compute_suggest catches everything
         stale = self._computed_at is None or now - self._computed_at >= self.suggest_every
-        if stale and self._suggest_future is None:
+        if refresh and stale and self._suggest_future is None:
             self._computed_at = now
             with suppress(RuntimeError):  # closed: the daemon is stopping
                 self._suggest_future = self._suggest_pool.submit(self._compute_suggest, now)
@@ -233,6 +262,10 @@ class StatusPage:
         return Response(200, body, "image/png", (("Cache-Control", "max-age=300"),))
 
 
+def _point(ts: float, value: float | None) -> tuple[tuple[float, float], ...]:
+    return () if value is None else ((ts, value),)
+
+
 def _latest_scheduled(store: Store) -> dict[str, Any] | None:
     from tuner.suggest import latest_reports
 
@@ -240,8 +273,7 @@ def _latest_scheduled(store: Store) -> dict[str, Any] | None:
     return reports[0] if reports else None
 
 
-def _charts(store: Store, now_values: dict[str, dict[str, float]], start: float,
-            end: float) -> dict[str, tuple[SignalChart, ...]]:
+def _charts(store: Store, start: float, end: float) -> dict[str, tuple[SignalChart, ...]]:
     """Each status signal of each instance over [start, end] as chart points."""
     engine = Engine(store)
     series: dict[str, dict[str, tuple[tuple[float, float], ...]]] = {}
@@ -249,12 +281,8 @@ def _charts(store: Store, now_values: dict[str, dict[str, float]], start: float,
         for s in engine.range(sig.expr, start, end, CHART_STEP):
             pts = tuple(zip(s.timestamps.tolist(), s.values.tolist(), strict=True))
             series.setdefault(s.labels.get("instance", ""), {})[sig.name] = pts
-    instances = set(series) | set(now_values)
     return {
-        inst: tuple(
-            SignalChart(sig, now_values.get(inst, {}).get(sig.name),
-                        series.get(inst, {}).get(sig.name, ()))
-            for sig in STATUS_SIGNALS
-            if sig.name in now_values.get(inst, {}) or sig.name in series.get(inst, {}))
-        for inst in sorted(instances)
+        inst: tuple(SignalChart(sig, None, by_name[sig.name])
+                    for sig in STATUS_SIGNALS if sig.name in by_name)
+        for inst, by_name in sorted(series.items())
     }

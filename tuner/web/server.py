@@ -213,6 +213,7 @@ def _unauthorized() -> Response:
 def _make_handler(server: WebServer) -> type[BaseHTTPRequestHandler]:
     class RequestHandler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms stall
 
         def _handle(self) -> None:
             url = urlsplit(self.path)
