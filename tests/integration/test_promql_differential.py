@@ -2,9 +2,10 @@
 
 The same points (vLLM V1 names on one instance, V0 names on another, both on a third, the real
 bucket bounds, DCGM gauges for 8 GPUs, a counter reset, a gap longer than the lookback, a
-target that stops early, scrape jitter and NaN values) go into the embedded store and, via
+target that stops early, scrape jitter, NaN values and values near 1e308) go into the embedded store and, via
 ``promtool tsdb create-blocks-from openmetrics``, into a real Prometheus. Then every expression —
-a battery covering each supported construct, every ``expr`` in rules/*.yaml and every query in
+a battery covering each supported construct (subqueries, ``@``, ``offset`` and the functions
+added for issue 11 included), every ``expr`` in rules/*.yaml and every query in
 dashboards/*.json — is evaluated by both at several times; label sets must match exactly and
 values within a relative 1e-9 (NaN equals NaN; an absolute 1e-12 is allowed around zero, where
 Prometheus's Kahan sums and ours differ in the last bits). An expression Prometheus refuses at
@@ -188,6 +189,11 @@ def generate(t0: int) -> list[Point]:
         if g == 3:
             xid[(grid > t0 + 3 * 3600) & (grid < t0 + 3 * 3600 + 600)] = 79
         add("DCGM_FI_DEV_XID_ERRORS", lab, ts, xid)
+    # values near the float64 limit: a plain mean overflows, Prometheus's incremental one not
+    big = np.random.default_rng(11)
+    for k in range(3):
+        add("huge_values", {"job": "synthetic", "k": str(k)}, grid * 1000 + 500,
+            1e308 * (0.6 + 1.1 * big.random(n)))
     return points
 
 
@@ -363,6 +369,75 @@ BATTERY = [
     "time() - timestamp(up) > 60",
     "sort_desc(DCGM_FI_DEV_GPU_UTIL)",
     "rate({__name__=~\"vllm:(prompt|generation)_tokens_total\"}[5m])",  # duplicate labelset
+    # subqueries (no step: Prometheus's evaluation_interval, 1m, the engine's default too)
+    "max_over_time(rate(vllm:generation_tokens_total[5m])[1h:1m])",
+    "avg_over_time(vllm:num_requests_running[30m:])",
+    "min_over_time(sum by (instance) (rate(vllm:request_success_total[2m]))[20m:30s] offset 10m)",
+    "rate(vllm:prompt_tokens_total[5m:15s])",
+    "increase(vllm:request_success_total[1h:2m])",
+    "deriv(vllm:kv_cache_usage_perc[30m:1m])",
+    "quantile_over_time(0.9, rate(vllm:generation_tokens_total[5m])[1h:5m])",
+    "sum_over_time(count(up)[1h:10m])",
+    "last_over_time(up[10m:1m])",
+    "count_over_time((up == 1)[1h:2m])",
+    "max_over_time(max_over_time(vllm:num_requests_running[5m:1m])[30m:5m])",
+    "changes(vllm:num_requests_running[30m:1m])",
+    "resets(vllm:generation_tokens_total[6h:10m])",
+    "absent_over_time(nonexistent[10m:1m])",
+    "present_over_time(vllm:num_requests_running[10m:1m] offset 1h)",
+    "stddev_over_time(DCGM_FI_DEV_POWER_USAGE[30m:45s])",
+    "histogram_quantile(0.99, sum by (le) (rate(vllm:time_to_first_token_seconds_bucket[5m])))"
+    " > bool max_over_time(histogram_quantile(0.99, sum by (le) "
+    "(rate(vllm:time_to_first_token_seconds_bucket[5m])))[1h:5m])",
+    # count_values, predict_linear, holt_winters, atan2, label_join, math and date functions
+    'count_values("running", vllm:num_requests_running)',
+    'count_values by (instance) ("value", vllm:num_requests_waiting)',
+    'count_values without (engine, model_name) ("v", vllm:num_requests_running)',
+    'count_values("x", DCGM_FI_DEV_POWER_USAGE)',
+    "predict_linear(DCGM_FI_DEV_FB_USED[30m], 3600)",
+    "predict_linear(vllm:kv_cache_usage_perc[1h], 600) > 0.9",
+    "predict_linear(DCGM_FI_DEV_POWER_USAGE[10m] offset 30m, 300)",
+    "predict_linear(rate(vllm:prompt_tokens_total[5m])[1h:1m], 1800)",
+    "holt_winters(DCGM_FI_DEV_GPU_UTIL[30m], 0.3, 0.6)",
+    "holt_winters(vllm:num_requests_running[1h], 0.1, 0.9)",
+    "vllm:num_requests_running atan2 vllm:num_requests_waiting",
+    "DCGM_FI_DEV_GPU_UTIL atan2 50",
+    "1 atan2 vector(2)",
+    'label_join(up, "hostport", ":", "job", "instance")',
+    'label_join(up, "job", "", "nonexistent")',
+    'label_join(up, "instance", "", "nonexistent")',  # duplicate label sets: both refuse
+    "sgn(delta(vllm:kv_cache_usage_perc[5m]))",
+    "sin(DCGM_FI_DEV_GPU_UTIL) + cos(DCGM_FI_DEV_GPU_UTIL) * tan(DCGM_FI_PROF_GR_ENGINE_ACTIVE)",
+    "asin(vllm:kv_cache_usage_perc) + acos(vllm:kv_cache_usage_perc) - atan(vllm:num_requests_running)",
+    "sinh(vllm:kv_cache_usage_perc) * cosh(vllm:kv_cache_usage_perc) / tanh(vllm:num_requests_running)",
+    "asinh(DCGM_FI_DEV_GPU_UTIL) + acosh(DCGM_FI_DEV_GPU_UTIL) + atanh(DCGM_FI_PROF_GR_ENGINE_ACTIVE)",
+    "deg(DCGM_FI_PROF_GR_ENGINE_ACTIVE) - rad(DCGM_FI_DEV_GPU_TEMP)",
+    "pi() * vector(2)",
+    "hour(timestamp(up)) * 60 + minute(timestamp(up))",
+    "day_of_week() + day_of_month() + day_of_year() + days_in_month() + month() + year()",
+    "days_in_month(vector(time()))",
+    "year(timestamp(DCGM_FI_DEV_GPU_UTIL))",
+    # the overflow-safe mean: values near 1e308
+    "avg_over_time(huge_values[10m])",
+    "avg(huge_values)",
+    "avg by (job) (huge_values)",
+    "max_over_time(avg(huge_values)[30m:1m])",
+]
+
+# @ modifier: "{at}" is an hour into the data, "{late}" after its end (formatted per test)
+AT_BATTERY = [
+    "vllm:num_requests_running @ {at}",
+    "rate(vllm:generation_tokens_total[5m] @ {at})",
+    "up @ {at} offset 10m",
+    "up offset 10m @ {at}",
+    "timestamp(up @ {at})",
+    "max_over_time(rate(vllm:prompt_tokens_total[5m])[30m:1m] @ {at})",
+    "sum_over_time(vllm:num_requests_running[10m:1m] @ {at} offset 5m)",
+    "vllm:num_requests_running - vllm:num_requests_running @ {at}",
+    "up @ {late}",
+    "count_over_time(up[1h] @ {late})",
+    "vllm:num_requests_running @ start()",
+    "avg_over_time(vllm:num_requests_running[10m:] @ end())",
 ]
 
 
@@ -456,7 +531,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     points = generate(t0)
     store = Store(tmp / "store.db", retention=3650 * 86400.0)
     store.append_points(points)
-    prom = start_prometheus(tmp / "prometheus", points=points)
+    # Prometheus's default evaluation_interval (1m), the engine's default subquery step too
+    prom = start_prometheus(tmp / "prometheus", points=points, evaluation_interval="1m")
     try:
         yield Setup(prom, Engine(store), Engine(store, cache=True), t0)
     finally:
@@ -534,6 +610,24 @@ def test_battery_sees_data(setup: Setup) -> None:
     assert total > 200
 
 
+NEW_CONSTRUCTS = BATTERY[BATTERY.index("max_over_time(rate(vllm:generation_tokens_total[5m])"
+                                       "[1h:1m])"):]
+
+
+def test_new_constructs_see_data(setup: Setup) -> None:
+    """Subqueries and the functions added for issue 11 are compared on real series."""
+    with_data = [e for e in NEW_CONSTRUCTS if compare(setup, e, setup.times[1:4]) > 0]
+    print(f"{len(with_data)} of {len(NEW_CONSTRUCTS)} new-construct expressions return data")
+    # empty or refused by both: absent_over_time(nonexistent...), the duplicate label_join
+    assert len(with_data) >= len(NEW_CONSTRUCTS) - 2
+
+
+@pytest.mark.parametrize("template", AT_BATTERY)
+def test_at_modifier(setup: Setup, template: str) -> None:
+    expr = template.format(at=setup.t0 + 3600 + 7, late=setup.t0 + HOURS * 3600 + 120)
+    assert compare(setup, expr) > 0 or "late" in template
+
+
 RULES = rule_expressions()
 DASHBOARDS = dashboard_expressions()
 
@@ -569,6 +663,12 @@ def test_unmodified_rule_expressions_parse() -> None:
     "time() - timestamp(up)",
     "sum by (instance) (rate(vllm:request_success_total[2m])) > 1",
     "scalar(sum(up))",
+    "max_over_time(rate(vllm:generation_tokens_total[5m])[30m:1m])",
+    "avg_over_time(vllm:num_requests_running[20m:] offset 5m)",
+    "predict_linear(vllm:kv_cache_usage_perc[30m], 600)",
+    'count_values by (instance) ("v", vllm:num_requests_waiting)',
+    "vllm:num_requests_running @ start() - vllm:num_requests_running @ end()",
+    "sum_over_time(up[10m:1m] @ end())",
 ])
 def test_range_query(setup: Setup, expr: str) -> None:
     """Engine.range agrees with /api/v1/query_range over the whole history at a 5-minute step."""

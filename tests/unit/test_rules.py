@@ -226,8 +226,8 @@ def _file(tmp_path: Path, body: str, name: str = "bad.yaml") -> Path:
     [
         ("      - alert: A\n        expr: rate(up[5m]\n",
          ["group 'g1'", "rule 0 (alert 'A')", "expr:"]),
-        ("      - alert: A\n        expr: predict_linear(up[5m], 60) > 0\n",
-         ["group 'g1'", "rule 0 (alert 'A')", "predict_linear"]),
+        ("      - alert: A\n        expr: histogram_sum(up) > 0\n",
+         ["group 'g1'", "rule 0 (alert 'A')", "histogram_sum"]),
         (GOOD_ALERT + GOOD_ALERT,
          ["group 'g1'", "rule 1 (alert 'A')", "duplicate alert", "rule 0"]),
         ("      - alert: A\n        expr: up == 0\n        for: 5 minutes\n",
@@ -294,6 +294,47 @@ def test_expanding_notation() -> None:
     assert parse_series('{__name__="x:y", a="1"}') == ("x:y", {"a": "1"})
 
 
+def test_expansion_adds_step_by_step_as_promtool_does() -> None:
+    # promtool's series parser adds the increment repeatedly (0.1+0.1+0.1 != 3*0.1)
+    assert expand_values("0+0.1x3") == [0.0, 0.1, 0.2, 0.30000000000000004]
+    assert parse_series("{}") == ("", {})
+
+
+_PROMQL_ONLY = """\
+evaluation_interval: 30s
+tests:
+  - interval: 15s
+    input_series:
+      - {series: 'x{i="a"}', values: '1+1x40'}
+      - {series: 'x{i="b"}', values: '2+2x40'}
+    promql_expr_test:
+      - {expr: sum(x), eval_time: 5m, exp_samples: [{labels: '{}', value: 63}]}
+      - {expr: scalar(sum(x)), eval_time: 5m, exp_samples: [{labels: '{}', value: 63}]}
+      - {expr: 'x{i="a"}', eval_time: 1m, exp_samples: [{labels: 'x{i="a"}', value: 5}]}
+      # no step: the file's evaluation_interval (30s), so 11 points in [0, 5m]
+      - {expr: 'count_over_time(x{i="a"}[5m:])', eval_time: 5m,
+         exp_samples: [{labels: '{i="a"}', value: 11}]}
+      - {expr: absent(x), eval_time: 5m}
+"""
+
+
+@pytest.mark.parametrize("head", ["rule_files: []\n", ""])
+def test_promql_only_test_files_are_accepted(tmp_path: Path, head: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """What promtool accepts: no rules at all, and '{}' for an aggregation's empty label set."""
+    p = tmp_path / "q_test.yaml"
+    p.write_text(head + _PROMQL_ONLY)
+    res = run_test_files([p])[0]
+    assert res.ok, res.failures
+    assert main(["rules", "test", str(p)]) == 0 and "SUCCESS" in capsys.readouterr().out
+    wrong = tmp_path / "wrong_test.yaml"
+    wrong.write_text(head + _PROMQL_ONLY.replace("value: 63}]}\n      - {expr: scalar",
+                                                 "value: 64}]}\n      - {expr: scalar"))
+    res = run_test_files([wrong])[0]
+    assert len(res.failures) == 1 and "expr: 'sum(x)', time: 5m" in res.failures[0]
+    assert "exp: [{} 64]" in res.failures[0] and "got: [{} 63]" in res.failures[0]
+
+
 def test_tuner_rules_test_passes_the_shipped_promtool_tests(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -331,6 +372,12 @@ def test_rules_test_reports_a_wrong_expectation(tmp_path: Path,
         ("rule_files: [r.yaml]\ntests:\n  - alert_rule_test: [{eval_time: 1m, alert: A}]\n",
          "alert_rule_test[0]"),
         ("rule_files: [missing.yaml]\ntests: [{}]\n", "rule_files"),
+        ("rule_files: r.yaml\ntests: [{}]\n", "rule_files: a list of rule file paths"),
+        ("rule_files: [1]\ntests: [{}]\n", "rule_files: a list of rule file paths"),
+        ("rule_files: []\ntests:\n  - promql_expr_test: [{expr: 'sum(', eval_time: 0s}]\n",
+         "promql_expr_test[0]: expr 'sum('"),
+        ("tests:\n  - promql_expr_test: [{expr: up, exp_samples: [{labels: '{a=}'}]}]\n",
+         "exp_samples[0]"),
         ("- just a list\n", "a rule unit-test file is a mapping"),
     ],
 )

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from tuner.signals import le_regex
+from tuner.signals import Signal, le_regex, render_signal, signal_template
 
 # Written into every generated JSON; kept as it was when the dashboards were one module so the
 # committed dashboards stay byte-identical (the code now lives in the tuner/dashboards/ package).
@@ -118,6 +118,13 @@ def quantiles(
             inner = f"{inner} or sum by (le) (rate({old}_bucket{{{sel}}}[{RI}]))"
         out.append(Query(f"histogram_quantile({q}, {inner})", f"{legend_prefix}p{q * 100:g}"))
     return tuple(out)
+
+
+def signal_query(signal: Signal | str, by: str = "instance") -> str:
+    """A signal of ``tuner.signals`` (or its name) as a panel query: the dashboard's variables
+    as the selector, grouped ``by``, over ``$__rate_interval``."""
+    sig = signal_template(signal) if isinstance(signal, str) else signal
+    return render_signal(sig, "{" + V + "}", by=by, window=RI)
 
 
 def attainment(metric: str, bound: float, window: str = RI, old: str | None = None) -> str:

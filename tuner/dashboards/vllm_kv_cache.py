@@ -13,7 +13,9 @@ from tuner.dashboards.model import (
     Row,
     V,
     quantiles,
+    signal_query,
 )
+from tuner.signals import KV_CACHE_USAGE, KV_CAPACITY_TOKENS, WAITING_BY_REASON
 
 
 def kv_scheduling() -> Dashboard:
@@ -29,28 +31,26 @@ def kv_scheduling() -> Dashboard:
                     Panel(
                         "KV cache usage by instance",
                         (
-                            Query(
-                                f"max by (instance) (vllm:kv_cache_usage_perc{{{V}}}) or "
-                                f"max by (instance) (vllm:gpu_cache_usage_perc{{{V}}})",
-                                "{{instance}}",
-                            ),
+                            Query(signal_query(KV_CACHE_USAGE), "{{instance}}"),
                         ),
                         unit="percentunit",
                         max=1,
                     ),
                     Panel(
-                        "KV cache blocks",
+                        "KV cache capacity",
                         (
                             Query(
-                                f"max by (instance, num_gpu_blocks, block_size) "
-                                f"(vllm:cache_config_info{{{V}}})",
-                                "{{instance}}: {{num_gpu_blocks}} blocks x {{block_size}} tokens",
+                                signal_query(KV_CAPACITY_TOKENS),
+                                "{{instance}} engine {{engine}}: {{kv_cache_size_tokens}} tokens "
+                                "({{num_gpu_blocks}} blocks x {{block_size}})",
                                 instant=True,
                             ),
                         ),
                         kind=PanelKind.TABLE,
-                        description="The effective KV cache size from "
-                        "vllm:cache_config_info (value 1; the sizes are labels).",
+                        description="The effective KV cache size from vllm:cache_config_info "
+                        "(value 1; the sizes are labels): kv_cache_size_tokens per engine on "
+                        "recent vLLM, else num_gpu_blocks x block_size (num_gpu_blocks is the "
+                        "sum over data-parallel engines). tuner status shows the total.",
                     ),
                     Panel(
                         "Prefix cache: queries and hits (tokens/s)",
@@ -84,26 +84,18 @@ def kv_scheduling() -> Dashboard:
                     Panel(
                         "Running and waiting by instance",
                         (
-                            Query(
-                                f"sum by (instance) (vllm:num_requests_running{{{V}}})",
-                                "running {{instance}}",
-                            ),
-                            Query(
-                                f"sum by (instance) (vllm:num_requests_waiting{{{V}}})",
-                                "waiting {{instance}}",
-                            ),
+                            Query(signal_query("running"), "running {{instance}}"),
+                            Query(signal_query("waiting"), "waiting {{instance}}"),
                         ),
                     ),
                     Panel(
                         "Waiting requests by reason",
                         (
-                            Query(
-                                f"sum by (reason) (vllm:num_requests_waiting_by_reason{{{V}}})",
-                                "{{reason}}",
-                            ),
+                            Query(signal_query(WAITING_BY_REASON), "{{instance}} {{reason}}"),
                         ),
                         description="Why requests wait: capacity (no KV space / seq slots) or "
-                        "deferred (e.g. structured-output grammar compilation).",
+                        "deferred (LoRA budget, KV transfer, blocked); the reasons add up to "
+                        "vllm:num_requests_waiting.",
                     ),
                     Panel("Queue time", quantiles("vllm:request_queue_time_seconds", V), unit="s"),
                     Panel(

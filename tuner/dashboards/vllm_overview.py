@@ -16,7 +16,17 @@ from tuner.dashboards.model import (
     attainment,
     fmt_seconds,
     quantiles,
+    signal_query,
     textbox_variable,
+)
+from tuner.signals import (
+    ABORTED_RATIO,
+    ERRORED_RATIO,
+    HTTP_4XX_RATIO,
+    HTTP_5XX_RATIO,
+    KV_CACHE_USAGE,
+    REJECTIONS_PER_1000_BY_REASON,
+    WAITING_BY_REASON,
 )
 
 
@@ -175,19 +185,15 @@ def overview(slo: SLO, dollars_per_hour: float) -> Dashboard:
                     Panel(
                         "Running and waiting requests",
                         (
-                            Query(f"sum(vllm:num_requests_running{{{V}}})", "running"),
-                            Query(f"sum(vllm:num_requests_waiting{{{V}}})", "waiting"),
+                            Query(signal_query("running"), "running {{instance}}"),
+                            Query(signal_query("waiting"), "waiting {{instance}}"),
                         ),
                         width=8,
                     ),
                     Panel(
                         "KV cache usage",
                         (
-                            Query(
-                                f"max by (instance) (vllm:kv_cache_usage_perc{{{V}}}) or "
-                                f"max by (instance) (vllm:gpu_cache_usage_perc{{{V}}})",
-                                "{{instance}}",
-                            ),
+                            Query(signal_query(KV_CACHE_USAGE), "{{instance}}"),
                         ),
                         unit="percentunit",
                         max=1,
@@ -221,25 +227,43 @@ def overview(slo: SLO, dollars_per_hour: float) -> Dashboard:
                         unit="percentunit",
                         max=1,
                     ),
+                ),
+            ),
+            Row(
+                "Refused and failed requests",
+                (
                     Panel(
-                        "Errors",
+                        "Request error rate",
                         (
-                            Query(
-                                f"sum(rate(vllm:request_success_total"
-                                f'{{{V}, finished_reason="error"}}'
-                                f"[{RI}])) / sum(rate({success}[{RI}]))",
-                                "finished_reason=error",
-                            ),
-                            Query(
-                                f'sum(rate(http_requests_total{{{VI}, status="5xx"}}[{RI}])) '
-                                "or on() "
-                                f"(0 * sum(rate(http_requests_total{{{VI}}}[{RI}])))",
-                                "HTTP 5xx/s",
-                            ),
+                            Query(signal_query(HTTP_5XX_RATIO), "{{instance}} HTTP 5xx"),
+                            Query(signal_query(HTTP_4XX_RATIO), "{{instance}} HTTP 4xx"),
+                            Query(signal_query(ABORTED_RATIO), "{{instance}} aborted"),
+                            Query(signal_query(ERRORED_RATIO), "{{instance}} errored"),
                         ),
-                        unit="short",
-                        description="Share of requests that finished with an error, "
-                        "and HTTP 5xx per second (0 while the server answers and none failed).",
+                        unit="percentunit",
+                        max=1,
+                        width=8,
+                        description="HTTP 5xx and 4xx shares of HTTP requests (503 refusals "
+                        "included; no line for a server without http_requests_total: unknown, "
+                        "not zero) and aborted/errored shares of finished requests.",
+                    ),
+                    Panel(
+                        "Admission rejections per 1000 requests",
+                        (
+                            Query(signal_query(REJECTIONS_PER_1000_BY_REASON),
+                                  "{{instance}} {{reason}}"),
+                        ),
+                        width=8,
+                        description="Requests refused with HTTP 503 by admission control "
+                        "(--max-num-queued-reqs, --max-num-queued-tokens) per 1000 arriving "
+                        "requests (refused + finished), by reason.",
+                    ),
+                    Panel(
+                        "Waiting by reason",
+                        (Query(signal_query(WAITING_BY_REASON), "{{instance}} {{reason}}"),),
+                        width=8,
+                        description="capacity: no batch slot or KV blocks; deferred: LoRA "
+                        "budget, KV transfer, blocked.",
                     ),
                 ),
             ),

@@ -1,16 +1,17 @@
-"""The PromQL subset our rules and dashboards use, evaluated over the embedded store.
+"""PromQL, evaluated over the embedded store.
 
-A re-implementation of Prometheus 2.42's PromQL for the subset ``tuner`` needs; anything outside
-it is refused at parse time with a :class:`~tuner.errors.QueryError` naming the construct. The
-modules, in the order a query flows through them:
+A re-implementation of Prometheus 2.42's PromQL (everything but the native-histogram functions,
+which are refused at parse time with a :class:`~tuner.errors.QueryError` naming them, as is
+anything malformed). The modules, in the order a query flows through them:
 
 * ``lexer`` and ``parser`` — text to a syntax tree (``syntax``: the nodes, the value types, the
   function and operator tables), with Prometheus's grammar and type checks;
-* ``engine`` — the public :class:`Engine`: fetches each selector's series once per query
+* ``engine`` — the public :class:`Engine`: resolves ``@ start()/end()`` and subquery steps and
+  works out what each selector reads (``timing``), fetches each selector's series once per query
   (through a ``cache.WindowCache`` when asked), then evaluates every step;
 * ``evaluator`` — one expression at one timestamp: selectors with lookback and stale markers,
-  functions (``functions``: the numeric ones, pure), aggregation; ``matching`` — binary
-  operators between vectors;
+  ``offset`` and ``@``, subqueries, functions (``functions``: the numeric ones, pure),
+  ``aggregation`` (pure); ``matching`` — binary operators between vectors;
 * ``limits`` — a query's deadline and sample bound (Prometheus's query timeout and max samples);
 * ``results`` — what a query returns, and the Protocols at the seams: :class:`SeriesReader`
   (where samples come from) and :class:`Querier` (anything that answers PromQL, the type every
@@ -41,6 +42,7 @@ from tuner.promql.syntax import (
     MatrixSelector,
     NumberLiteral,
     StringLiteral,
+    Subquery,
     Unary,
     VectorSelector,
 )
@@ -62,6 +64,7 @@ __all__ = [
     "RangeSeries",
     "SeriesReader",
     "StringLiteral",
+    "Subquery",
     "Unary",
     "ValueType",
     "VectorSelector",

@@ -12,18 +12,25 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 
 import numpy as np
 
 from tuner.errors import QueryError
+from tuner.promql.aggregation import aggregate
 from tuner.promql.functions import (
+    DATE_FUNCS,
+    MATH_FUNCS,
     OVER_TIME,
     bucket_quantile,
+    date_values,
     deriv,
     extrapolated_rate,
     go_expand,
+    holt_winters,
     instant_value,
     parse_go_float,
+    predict_linear,
     quantile,
     scalar_binop,
 )
@@ -40,10 +47,12 @@ from tuner.promql.syntax import (
     NumberLiteral,
     Paren,
     StringLiteral,
+    Subquery,
     Unary,
     VectorSelector,
     unparen,
 )
+from tuner.promql.timing import reference_ms, subquery_grid
 from tuner.promql.values import (
     EMPTY_LABELS,
     STALE_BITS,
@@ -65,6 +74,10 @@ class Fetched:
     def __init__(self, reader: SeriesReader) -> None:
         self.reader = reader
         self.series: dict[Expr, list[Series]] = {}
+        # a subquery's inner result per (subquery, time): each grid point is computed once,
+        # however many steps of a range query (or repeats of the subquery) read it
+        self.inner: dict[tuple[Subquery, int], Vec] = {}
+        self.check_time: Callable[[], None] = lambda: None  # the query's deadline check
 
     def fetch(self, sel: VectorSelector | MatrixSelector, start_ms: int, end_ms: int) -> None:
         if sel in self.series:
@@ -103,6 +116,8 @@ class Evaluator:
             return self.vector_selector(e)
         if isinstance(e, MatrixSelector):
             return self.matrix_selector(e)
+        if isinstance(e, Subquery):
+            return self.subquery(e)
         if isinstance(e, Unary):
             val = self.eval(e.expr)
             if isinstance(val, float):
@@ -123,7 +138,7 @@ class Evaluator:
 
     # selectors
     def vector_selector(self, vs: VectorSelector) -> Vec:
-        ref = self.ts - vs.offset_ms
+        ref = reference_ms(vs, self.ts)
         low = ref - self.lookback
         labels: list[Labels] = []
         values: list[float] = []
@@ -145,7 +160,7 @@ class Evaluator:
         return Vec(labels, np.array(values, dtype=np.float64), np.array(times, dtype=np.int64))
 
     def matrix_selector(self, ms: MatrixSelector) -> Mat:
-        maxt = self.ts - ms.selector.offset_ms
+        maxt = reference_ms(ms.selector, self.ts)
         mint = maxt - ms.range_ms
         out = Mat([], [], [])
         for s in self.data.series.get(ms, ()):
@@ -166,13 +181,34 @@ class Evaluator:
             out.values.append(v)
         return out
 
+    def subquery(self, sq: Subquery) -> Mat:
+        """The inner expression at each grid point in the window, as a range vector."""
+        acc: dict[Labels, tuple[list[int], list[float]]] = {}
+        for t in subquery_grid(sq, self.ts):
+            key = (sq, t)
+            val = self.data.inner.get(key)
+            if val is None:
+                self.data.check_time()
+                inner = Evaluator(self.data, t, self.lookback).eval(sq.expr)
+                assert isinstance(inner, Vec)
+                val = self.data.inner[key] = inner
+            for lb, v in zip(val.labels, val.values.tolist(), strict=True):
+                pts = acc.setdefault(lb, ([], []))
+                pts[0].append(t)
+                pts[1].append(v)
+        return Mat(list(acc), [np.array(ts, dtype=np.int64) for ts, _ in acc.values()],
+                   [np.array(vs, dtype=np.float64) for _, vs in acc.values()])
+
     # functions
     def call(self, e: Call) -> Value:
         f = e.func
         args = [unparen(a) for a in e.args]
         if f == "time":
             return self.ts / 1000
-        matrix_idx = next((i for i, a in enumerate(args) if isinstance(a, MatrixSelector)), None)
+        if f == "pi":
+            return math.pi
+        matrix_idx = next((i for i, a in enumerate(args)
+                           if isinstance(a, MatrixSelector | Subquery)), None)
         if matrix_idx is not None:
             return self.range_function(f, args, matrix_idx)
         if f == "timestamp":
@@ -208,6 +244,17 @@ class Evaluator:
             strs = [self.eval(a) for a in args[1:]]
             assert all(isinstance(x, str) for x in strs)
             return _label_replace(val, *[str(x) for x in strs])
+        if f == "label_join":
+            val = self.eval(args[0])
+            assert isinstance(val, Vec)
+            strs = [self.eval(a) for a in args[1:]]
+            return _label_join(val, str(strs[0]), str(strs[1]), [str(x) for x in strs[2:]])
+        if f in DATE_FUNCS:
+            if not args:
+                return Vec([EMPTY_LABELS], date_values(f, [self.ts // 1000]))
+            val = self.eval(args[0])
+            assert isinstance(val, Vec)
+            return self._simple_result(val, date_values(f, val.values.tolist()), drop=True)
         if f in ("sort", "sort_desc"):
             val = self.eval(args[0])
             assert isinstance(val, Vec)
@@ -237,9 +284,7 @@ class Evaluator:
                 inv = 1.0 / to if to != 0 else math.copysign(math.inf, to)
                 out = np.floor(x * inv + 0.5) / inv
             else:
-                fn = {"abs": np.abs, "ceil": np.ceil, "floor": np.floor, "sqrt": np.sqrt,
-                      "exp": np.exp, "ln": np.log, "log2": np.log2, "log10": np.log10}[f]
-                out = fn(x)
+                out = MATH_FUNCS[f](x)
         return self._simple_result(val, out, drop=True)
 
     @staticmethod
@@ -250,19 +295,25 @@ class Evaluator:
 
     def range_function(self, f: str, args: list[Expr], idx: int) -> Vec:
         ms = args[idx]
-        assert isinstance(ms, MatrixSelector)
-        mat = self.matrix_selector(ms)
+        if isinstance(ms, Subquery):
+            mat = self.subquery(ms)
+            maxt = reference_ms(ms, self.ts)
+        else:
+            assert isinstance(ms, MatrixSelector)
+            mat = self.matrix_selector(ms)
+            maxt = reference_ms(ms.selector, self.ts)
+        mint = maxt - ms.range_ms
         if f == "absent_over_time":
             if mat.labels:
                 return Vec([], np.empty(0))
             return Vec([_absent_labels(ms)], np.array([1.0]))
-        q = 0.0
-        if f == "quantile_over_time":
-            qv = self.eval(args[0])
-            assert isinstance(qv, float)
-            q = qv
-        maxt = self.ts - ms.selector.offset_ms
-        mint = maxt - ms.range_ms
+        scalars: list[float] = []
+        for a in args:
+            if a is not ms:
+                sv = self.eval(a)
+                assert isinstance(sv, float)
+                scalars.append(sv)
+        q = scalars[0] if f == "quantile_over_time" else 0.0
         labels: list[Labels] = []
         values: list[float] = []
         for lbls, t, v in zip(mat.labels, mat.times, mat.values, strict=True):
@@ -279,6 +330,10 @@ class Evaluator:
                 res = instant_value(t, v, False)
             elif f == "deriv":
                 res = deriv(t, v)
+            elif f == "predict_linear":
+                res = predict_linear(t, v, self.ts, scalars[0])
+            elif f == "holt_winters":
+                res = holt_winters(v, scalars[0], scalars[1])
             elif f == "quantile_over_time":
                 res = quantile(q, v.tolist())
             else:
@@ -307,96 +362,14 @@ class Evaluator:
 
     # aggregation
     def aggregate(self, e: Aggregate) -> Vec:
-        param: float = 0.0
+        param: float | str | None = None
         if e.param is not None:
             p = self.eval(e.param)
-            assert isinstance(p, float)
+            assert isinstance(p, float | str)
             param = p
         val = self.eval(e.expr)
         assert isinstance(val, Vec)
-        grouping = tuple(sorted(e.grouping))
-        gset = set(grouping)
-        groups: dict[tuple[tuple[str, str], ...], list[int]] = {}
-        for i, lbls in enumerate(val.labels):
-            if e.without:
-                key = tuple(p for p in lbls if p[0] != NAME and p[0] not in gset)
-            else:
-                key = tuple(p for p in lbls if p[0] in gset)
-            groups.setdefault(key, []).append(i)
-        op = e.op
-        labels: list[Labels] = []
-        values: list[float] = []
-        vals = val.values.tolist()
-        if op in ("topk", "bottomk"):
-            if not (-(2.0**63) <= param <= 2.0**63 - 1) or math.isnan(param):
-                raise QueryError(f"Scalar value {param} overflows int64")
-            k = int(param)
-            if k < 1:
-                return Vec([], np.empty(0))
-            for idxs in groups.values():
-                if op == "topk":
-                    ordered = sorted(idxs, key=lambda i: (math.isnan(vals[i]), -vals[i]
-                                                          if not math.isnan(vals[i]) else 0))
-                else:
-                    ordered = sorted(idxs, key=lambda i: (math.isnan(vals[i]), vals[i]
-                                                          if not math.isnan(vals[i]) else 0))
-                for i in ordered[:k]:
-                    labels.append(val.labels[i])
-                    values.append(vals[i])
-            return Vec(labels, np.array(values, dtype=np.float64))
-        for key, idxs in groups.items():
-            xs = [vals[i] for i in idxs]
-            if op == "sum":
-                r = 0.0
-                for x in xs:
-                    r += x
-            elif op == "avg":
-                mean = xs[0]
-                for n, x in enumerate(xs[1:], start=2):
-                    if math.isinf(mean):
-                        if math.isinf(x) and (mean > 0) == (x > 0):
-                            continue
-                        if not math.isinf(x) and not math.isnan(x):
-                            continue
-                    mean += x / n - mean / n
-                r = mean
-            elif op == "count":
-                r = float(len(xs))
-            elif op == "group":
-                r = 1.0
-            elif op == "max":
-                r = xs[0]
-                for x in xs[1:]:
-                    if r < x or math.isnan(r):
-                        r = x
-            elif op == "min":
-                r = xs[0]
-                for x in xs[1:]:
-                    if r > x or math.isnan(r):
-                        r = x
-            elif op in ("stddev", "stdvar"):
-                mean = xs[0]
-                acc = 0.0
-                for n, x in enumerate(xs[1:], start=2):
-                    delta = x - mean
-                    mean += delta / n
-                    acc += delta * (x - mean)
-                r = acc / len(xs)
-                if op == "stddev":
-                    r = math.sqrt(r) if r >= 0 or math.isnan(r) else math.nan
-            elif op == "quantile":
-                r = quantile(param, xs)
-            else:
-                raise QueryError(f'unsupported aggregation "{op}"')
-            if e.without:
-                out = key
-            elif grouping:
-                out = tuple(p for p in val.labels[idxs[0]] if p[0] in gset)
-            else:
-                out = EMPTY_LABELS
-            labels.append(out)
-            values.append(r)
-        return Vec(labels, np.array(values, dtype=np.float64))
+        return aggregate(e.op, val, param, e.grouping, e.without)
 
     # binary operators
     def binary(self, e: Binary) -> Value:
@@ -437,6 +410,12 @@ def _absent_labels(e: Expr) -> Labels:
         else:
             out.pop(m.name, None)
     return tuple(sorted(out.items()))
+
+
+def _label_join(val: Vec, dst: str, sep: str, srcs: list[str]) -> Vec:
+    labels = [set_label(lb, dst, sep.join(get_label(lb, s) for s in srcs)) for lb in val.labels]
+    check_unique(labels)
+    return Vec(labels, val.values.copy())
 
 
 def _label_replace(val: Vec, dst: str, repl: str, src: str, regex: str) -> Vec:

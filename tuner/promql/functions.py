@@ -2,14 +2,18 @@
 
 Range-vector functions take one series' timestamps (ms) and values inside a window and return
 one value or None (no output element): ``extrapolated_rate`` (``rate``/``increase``/``delta``),
-``instant_value`` (``irate``/``idelta``), ``deriv`` and the ``*_over_time`` table. Instant-vector
-helpers: ``bucket_quantile`` (``histogram_quantile``), Go float parsing and regexp expansion
-(``le`` labels, ``label_replace``) and IEEE binary operators. Each follows Prometheus 2.42's
+``instant_value`` (``irate``/``idelta``), ``deriv`` and ``predict_linear`` (one
+``linear_regression``), ``holt_winters`` and the ``*_over_time`` table. Instant-vector
+helpers: ``bucket_quantile`` (``histogram_quantile``), Go float parsing and formatting and
+regexp expansion (``le`` labels, ``count_values``, ``label_replace``), the element-wise math and
+date functions and IEEE binary operators (``atan2`` included). Each follows Prometheus 2.42's
 functions.go / quantile.go, including its Kahan summation and NaN/Inf corner cases.
 """
 
 from __future__ import annotations
 
+import calendar
+import datetime
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -92,23 +96,68 @@ def instant_value(t: np.ndarray, v: np.ndarray, is_rate: bool) -> float | None:
     return result
 
 
+def linear_regression(t: np.ndarray, v: np.ndarray, intercept_ms: int) -> tuple[float, float]:
+    """Least-squares (slope per second, value at ``intercept_ms``), Kahan-summed like Prometheus.
+
+    A constant series has slope 0 (NaN for a constant infinity), as ``linearRegression``.
+    """
+    vals = v.tolist()
+    init = vals[0]
+    if all(x == init for x in vals[1:]):
+        return (math.nan, math.nan) if math.isinf(init) else (0.0, init)
+    n = 0.0
+    sum_x = c_x = sum_y = c_y = sum_xy = c_xy = sum_x2 = c_x2 = 0.0
+    with np.errstate(all="ignore"):
+        for ts, y in zip(t.tolist(), vals, strict=True):
+            n += 1.0
+            x = (ts - intercept_ms) / 1e3
+            sum_x, c_x = _kahan_inc(x, sum_x, c_x)
+            sum_y, c_y = _kahan_inc(y, sum_y, c_y)
+            sum_xy, c_xy = _kahan_inc(x * y, sum_xy, c_xy)
+            sum_x2, c_x2 = _kahan_inc(x * x, sum_x2, c_x2)
+    sum_x += c_x
+    sum_y += c_y
+    sum_xy += c_xy
+    sum_x2 += c_x2
+    cov_xy = sum_xy - sum_x * sum_y / n
+    var_x = sum_x2 - sum_x * sum_x / n
+    slope = div(cov_xy, var_x)
+    return slope, sum_y / n - slope * sum_x / n
+
+
 def deriv(t: np.ndarray, v: np.ndarray) -> float | None:
     """Least-squares slope per second (``deriv``); None with fewer than two points."""
     if len(v) < 2:
         return None
-    init = float(v[0])
-    if bool(np.all(v == init)):
-        return math.nan if math.isinf(init) else 0.0
-    n = float(len(v))
-    x = (t - t[0]).astype(np.float64) / 1e3
-    with np.errstate(all="ignore"):
-        sum_x = _fsum(x.tolist())
-        sum_y = _fsum(v.tolist())
-        sum_xy = _fsum((x * v).tolist())
-        sum_x2 = _fsum((x * x).tolist())
-        cov_xy = sum_xy - sum_x * sum_y / n
-        var_x = sum_x2 - sum_x * sum_x / n
-    return div(cov_xy, var_x)
+    return linear_regression(t, v, int(t[0]))[0]
+
+
+def predict_linear(t: np.ndarray, v: np.ndarray, at_ms: int, seconds: float) -> float | None:
+    """``predict_linear``: the regression line ``seconds`` after ``at_ms`` (the step's time)."""
+    if len(v) < 2:
+        return None
+    slope, intercept = linear_regression(t, v, at_ms)
+    return slope * seconds + intercept
+
+
+def holt_winters(v: np.ndarray, sf: float, tf: float) -> float | None:
+    """``holt_winters``: double exponential smoothing; QueryError for factors outside (0, 1)."""
+    if not 0 < sf < 1:
+        raise QueryError(f"invalid smoothing factor. Expected: 0 < sf < 1, got: {sf:f}")
+    if not 0 < tf < 1:
+        raise QueryError(f"invalid trend factor. Expected: 0 < tf < 1, got: {tf:f}")
+    vals = v.tolist()
+    if len(vals) < 2:
+        return None
+    s0, s1 = 0.0, vals[0]
+    b = vals[1] - vals[0]
+    for i in range(1, len(vals)):
+        x = sf * vals[i]
+        if i > 1:  # calcTrendValue(i-1, ...): the first trend is the first difference
+            b = tf * (s1 - s0) + (1 - tf) * b
+        y = (1 - sf) * (s1 + b)
+        s0, s1 = s1, x + y
+    return s1
 
 
 def quantile(q: float, values: Sequence[float]) -> float:
@@ -152,19 +201,17 @@ def _kahan_inc(inc: float, total: float, c: float) -> tuple[float, float]:
 
 
 def _avg_over_time(v: np.ndarray) -> float:
-    vals = v.tolist()
-    if any(math.isinf(x) or math.isnan(x) for x in vals):
-        mean = c = count = 0.0
-        for x in vals:
-            count += 1
-            if math.isinf(mean):
-                if math.isinf(x) and (mean > 0) == (x > 0):
-                    continue
-                if not math.isinf(x) and not math.isnan(x):
-                    continue
-            mean, c = _kahan_inc(x / count - mean / count, mean, c)
-        return mean if math.isinf(mean) else mean + c
-    return _fsum(vals) / len(vals)
+    """The incremental Kahan mean of Prometheus 2.42: no overflow for values near ±1e308."""
+    mean = c = count = 0.0
+    for x in v.tolist():
+        count += 1
+        if math.isinf(mean):
+            if math.isinf(x) and (mean > 0) == (x > 0):
+                continue
+            if not math.isinf(x) and not math.isnan(x):
+                continue
+        mean, c = _kahan_inc(x / count - mean / count, mean, c)
+    return mean if math.isinf(mean) else mean + c
 
 
 def _max_over(vals: list[float]) -> float:
@@ -335,6 +382,8 @@ def binop_values(op: str, lhs: np.ndarray, rhs: np.ndarray) -> np.ndarray:
             return np.fmod(lhs, rhs)
         if op == "^":
             return np.power(lhs, rhs)
+        if op == "atan2":
+            return np.arctan2(lhs, rhs)
     raise QueryError(f"operator {op!r} is not arithmetic")
 
 
@@ -360,3 +409,62 @@ def scalar_binop(op: str, a: float, b: float) -> float:
     if op in COMPARISONS:
         return 1.0 if bool(compare(op, la, lb)[0]) else 0.0
     return float(binop_values(op, la, lb)[0])
+
+
+def _sgn(x: np.ndarray) -> np.ndarray:
+    return np.where(x < 0, -1.0, np.where(x > 0, 1.0, x))
+
+
+MATH_FUNCS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "abs": np.abs, "ceil": np.ceil, "floor": np.floor, "sqrt": np.sqrt, "exp": np.exp,
+    "ln": np.log, "log2": np.log2, "log10": np.log10, "sgn": _sgn,
+    "deg": lambda x: x * 180 / math.pi, "rad": lambda x: x * math.pi / 180,
+    "sin": np.sin, "cos": np.cos, "tan": np.tan, "asin": np.arcsin, "acos": np.arccos,
+    "atan": np.arctan, "sinh": np.sinh, "cosh": np.cosh, "tanh": np.tanh,
+    "asinh": np.arcsinh, "acosh": np.arccosh, "atanh": np.arctanh,
+}
+"""Element-wise functions of an instant vector (they drop the metric name)."""
+
+
+def _date_part(part: str, d: datetime.datetime) -> float:
+    if part == "year":
+        return float(d.year)
+    if part == "month":
+        return float(d.month)
+    if part == "day_of_month":
+        return float(d.day)
+    if part == "day_of_week":
+        return float((d.weekday() + 1) % 7)  # Go: Sunday is 0
+    if part == "day_of_year":
+        return float(d.timetuple().tm_yday)
+    if part == "days_in_month":
+        return float(calendar.monthrange(d.year, d.month)[1])
+    if part == "hour":
+        return float(d.hour)
+    return float(d.minute)
+
+
+DATE_FUNCS = ("year", "month", "day_of_month", "day_of_week", "day_of_year", "days_in_month",
+              "hour", "minute")
+
+
+def date_values(part: str, seconds: Iterable[float]) -> np.ndarray:
+    """A date function of unix times in UTC (``time.Unix(int64(v), 0).UTC()``); NaN if none."""
+    out = []
+    for s in seconds:
+        try:
+            d = datetime.datetime.fromtimestamp(int(s), tz=datetime.UTC)
+        except (ValueError, OverflowError, OSError):
+            out.append(math.nan)
+            continue
+        out.append(_date_part(part, d))
+    return np.array(out, dtype=np.float64)
+
+
+def format_go_float_f(v: float) -> str:
+    """``strconv.FormatFloat(v, 'f', -1, 64)``: shortest digits, never an exponent."""
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "+Inf" if v > 0 else "-Inf"
+    return np.format_float_positional(v, unique=True, trim="-")

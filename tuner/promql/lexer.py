@@ -100,6 +100,7 @@ def lex(text: str) -> list[Token]:
     toks: list[Token] = []
     i = 0
     n = len(text)
+    brackets = 0  # inside [...], ':' separates a subquery's range from its step
     while i < n:
         c = text[i]
         if c.isspace():
@@ -140,6 +141,10 @@ def lex(text: str) -> list[Token]:
             toks.append(Token(TokenKind.NUMBER, raw, i, value))
             i = end
             continue
+        if c == ":" and brackets > 0:
+            toks.append(Token(TokenKind.OP, ":", i))
+            i += 1
+            continue
         m = _IDENT_RE.match(text, i)
         if m:
             word = m.group()
@@ -152,6 +157,7 @@ def lex(text: str) -> list[Token]:
         for op in _OPERATORS:
             if text.startswith(op, i):
                 toks.append(Token(TokenKind.OP, op, i))
+                brackets += {"[": 1, "]": -1}.get(op, 0)
                 i += len(op)
                 break
         else:

@@ -2,14 +2,17 @@
 
 Recursive descent with precedence climbing: ``^`` right-associative, unary minus binding tighter
 than ``*`` but looser than ``^``, ``bool``, ``on``/``ignoring``, ``group_left``/``group_right``,
-``offset``. Type errors and everything outside the subset are refused at parse time with a
-:class:`~tuner.errors.QueryError` naming the construct and its position (``unsupported function
-"predict_linear"``, ``subqueries are not supported``, ...).
+``offset`` and ``@`` (a time, ``start()``, ``end()``), range selectors and subqueries
+(``expr[range:step]``). Type errors and everything outside the subset are refused at parse time
+with a :class:`~tuner.errors.QueryError` naming the construct and its position (``unsupported
+function "histogram_sum"``, ``no @ modifiers allowed before range``, ...).
 """
 
 from __future__ import annotations
 
+import math
 import re
+from dataclasses import replace
 from functools import lru_cache
 
 from tuner.errors import QueryError
@@ -22,9 +25,11 @@ from tuner.promql.syntax import (
     NAME,
     PRECEDENCE,
     SET_OPS,
+    STR,
     SUPPORTED_AGGREGATORS,
     TYPE_NAMES,
     Aggregate,
+    AtEdge,
     Binary,
     Call,
     Cardinality,
@@ -34,6 +39,7 @@ from tuner.promql.syntax import (
     Paren,
     S,
     StringLiteral,
+    Subquery,
     Unary,
     V,
     VectorMatching,
@@ -105,8 +111,6 @@ class _Parser:
             if op is None or PRECEDENCE[op] < min_prec:
                 return lhs
             optok = self.next()
-            if op == "atan2":
-                raise self.error('unsupported operator "atan2"', optok)
             return_bool = False
             if self.at_word("bool"):
                 self.next()
@@ -195,49 +199,102 @@ class _Parser:
     def postfix(self, e: Expr) -> Expr:
         while True:
             if self.at_op("["):
-                t = self.next()
-                d = self.next()
-                if d.kind != TokenKind.DURATION:
-                    raise self.error("expected a duration in range selector", d)
-                nxt = self.peek()
-                if (nxt.kind == TokenKind.OP and nxt.text == ":") or (
-                        nxt.kind == TokenKind.IDENT and nxt.text.startswith(":")):
-                    raise self.error("subqueries are not supported", t)
-                self.expect_op("]", "to close a range selector")
-                if not isinstance(e, VectorSelector):
-                    raise self.error("ranges only allowed for vector selectors", t)
-                if e.offset_ms:
-                    raise self.error("no offset modifiers allowed before range", t)
-                assert isinstance(d.value, int)
-                if d.value <= 0:
-                    raise self.error("range must be positive", d)
-                e = MatrixSelector(e, d.value)
+                e = self.range_or_subquery(e)
             elif self.at_word("offset"):
-                t = self.next()
-                sign = 1
-                if self.at_op("-", "+"):
-                    sign = -1 if self.next().text == "-" else 1
-                d = self.next()
-                if d.kind != TokenKind.DURATION:
-                    raise self.error("expected a duration after offset", d)
-                assert isinstance(d.value, int)
-                if isinstance(e, VectorSelector):
-                    if e.offset_ms:
-                        raise self.error("offset may not be set multiple times", t)
-                    e = VectorSelector(e.name, e.matchers, sign * d.value)
-                elif isinstance(e, MatrixSelector):
-                    if e.selector.offset_ms:
-                        raise self.error("offset may not be set multiple times", t)
-                    sel = e.selector
-                    e = MatrixSelector(VectorSelector(sel.name, sel.matchers, sign * d.value),
-                                       e.range_ms)
-                else:
-                    raise self.error("offset modifier must be preceded by an instant vector "
-                                     "selector or range vector selector", t)
+                e = self.offset(e)
             elif self.at_op("@"):
-                raise self.error("the @ modifier is not supported")
+                e = self.at_modifier(e)
             else:
                 return e
+
+    def range_or_subquery(self, e: Expr) -> Expr:
+        t = self.next()
+        d = self.next()
+        if d.kind != TokenKind.DURATION:
+            raise self.error("expected a duration in range selector or subquery", d)
+        assert isinstance(d.value, int)
+        if self.at_op(":"):
+            self.next()
+            step = 0
+            if self.peek().kind == TokenKind.DURATION:
+                st = self.next()
+                assert isinstance(st.value, int)
+                step = st.value
+                if step <= 0:
+                    raise self.error("subquery step must be positive", st)
+            self.expect_op("]", "to close a subquery")
+            if type_of(e) != V:
+                raise self.error(f"subquery is only allowed on instant vector, got "
+                                 f"{TYPE_NAMES[type_of(e)]} instead", t)
+            if d.value <= 0:
+                raise self.error("subquery range must be positive", d)
+            return Subquery(e, d.value, step)
+        self.expect_op("]", "to close a range selector")
+        if not isinstance(e, VectorSelector):
+            raise self.error("ranges only allowed for vector selectors", t)
+        if e.offset_ms:
+            raise self.error("no offset modifiers allowed before range", t)
+        if e.at_ms is not None or e.at_edge is not None:
+            raise self.error("no @ modifiers allowed before range", t)
+        if d.value <= 0:
+            raise self.error("range must be positive", d)
+        return MatrixSelector(e, d.value)
+
+    def offset(self, e: Expr) -> Expr:
+        t = self.next()
+        sign = 1
+        if self.at_op("-", "+"):
+            sign = -1 if self.next().text == "-" else 1
+        d = self.next()
+        if d.kind != TokenKind.DURATION:
+            raise self.error("expected a duration after offset", d)
+        assert isinstance(d.value, int)
+        off = sign * d.value
+        if isinstance(e, VectorSelector):
+            if e.offset_ms:
+                raise self.error("offset may not be set multiple times", t)
+            return replace(e, offset_ms=off)
+        if isinstance(e, MatrixSelector):
+            if e.selector.offset_ms:
+                raise self.error("offset may not be set multiple times", t)
+            return MatrixSelector(replace(e.selector, offset_ms=off), e.range_ms)
+        if isinstance(e, Subquery):
+            if e.offset_ms:
+                raise self.error("offset may not be set multiple times", t)
+            return replace(e, offset_ms=off)
+        raise self.error("offset modifier must be preceded by an instant vector selector or "
+                         "range vector selector or a subquery", t)
+
+    def at_modifier(self, e: Expr) -> Expr:
+        t = self.next()
+        at_ms: int | None = None
+        edge: AtEdge | None = None
+        if self.at_word("start", "end"):
+            edge = AtEdge(self.next().text.lower())
+            self.expect_op("(", f"after @ {edge.value}")
+            self.expect_op(")", f"after @ {edge.value}(")
+        else:
+            sign = 1.0
+            if self.at_op("-", "+"):
+                sign = -1.0 if self.next().text == "-" else 1.0
+            num = self.next()
+            if num.kind != TokenKind.NUMBER:
+                raise self.error("expected a timestamp (unix seconds), start() or end() after @",
+                                 num)
+            assert isinstance(num.value, float)
+            secs = sign * num.value
+            if math.isinf(secs) or math.isnan(secs) or abs(secs) * 1000 >= 2.0**63:
+                raise self.error(f"timestamp out of bounds for @ modifier: {secs:f}", num)
+            at_ms = int(math.copysign(math.floor(abs(secs) * 1000 + 0.5), secs))
+        target = e.selector if isinstance(e, MatrixSelector) else e
+        if not isinstance(target, VectorSelector | Subquery):
+            raise self.error("@ modifier must be preceded by an instant vector selector or range "
+                             "vector selector or a subquery", t)
+        if target.at_ms is not None or target.at_edge is not None:
+            raise self.error("@ <timestamp> may not be set multiple times", t)
+        if isinstance(e, MatrixSelector):
+            return MatrixSelector(replace(e.selector, at_ms=at_ms, at_edge=edge), e.range_ms)
+        return replace(target, at_ms=at_ms, at_edge=edge)
 
     def primary(self) -> Expr:
         t = self.peek()
@@ -331,10 +388,14 @@ class _Parser:
             self.next()
         self.expect_op(")", f"to close the call of {name}()")
         spec = FUNCS[name]
-        if not (len(spec.args) - spec.optional <= len(args) <= len(spec.args)):
+        most = 10**6 if spec.variadic else len(spec.args)
+        if not (len(spec.args) - spec.optional <= len(args) <= most):
             raise self.error(
                 f"expected {len(spec.args)} argument(s) in call to \"{name}\", got {len(args)}", t)
-        for want, arg in zip(spec.args, args, strict=False):
+        wants = list(spec.args)
+        if spec.variadic:
+            wants += [spec.args[-1]] * (len(args) - len(spec.args))
+        for want, arg in zip(wants, args, strict=False):
             got = type_of(arg)
             if got != want:
                 raise self.error(f'expected type {TYPE_NAMES[want]} in call to function "{name}",'
@@ -352,6 +413,14 @@ class _Parser:
             except re.error as exc:
                 raise self.error(f"invalid regular expression in label_replace(): {rx.value}: "
                                  f"{exc}", t) from None
+        if name == "label_join":
+            for i, a in enumerate(args[1:], start=1):
+                lit = unparen(a)
+                assert isinstance(lit, StringLiteral)
+                if i != 2 and not LABEL_NAME_RE.fullmatch(lit.value):
+                    which = "destination" if i == 1 else "source"
+                    raise self.error(f"invalid {which} label name in label_join(): "
+                                     f"{lit.value}", t)
         return Call(name, tuple(args))
 
     def aggregate(self) -> Expr:
@@ -379,7 +448,7 @@ class _Parser:
                 raise self.error("aggregation modifier given twice")
             without = self.next().text.lower() == "without"
             grouping = self.label_list()
-        needs_param = op in ("topk", "bottomk", "quantile")
+        needs_param = op in ("topk", "bottomk", "quantile", "count_values")
         if len(args) != (2 if needs_param else 1):
             raise self.error(f"wrong number of arguments for aggregate expression provided, "
                              f"expected {2 if needs_param else 1}, got {len(args)}", t)
@@ -388,9 +457,10 @@ class _Parser:
         if type_of(expr) != V:
             raise self.error(f'expected type instant vector in aggregation expression "{op}", '
                              f"got {TYPE_NAMES[type_of(expr)]}", t)
-        if param is not None and type_of(param) != S:
-            raise self.error(f'expected type scalar in aggregation parameter of "{op}", '
-                             f"got {TYPE_NAMES[type_of(param)]}", t)
+        want = STR if op == "count_values" else S
+        if param is not None and type_of(param) != want:
+            raise self.error(f'expected type {TYPE_NAMES[want]} in aggregation parameter of '
+                             f'"{op}", got {TYPE_NAMES[type_of(param)]}', t)
         return Aggregate(op, expr, param, grouping, without)
 
 
@@ -406,7 +476,8 @@ def check_expr(text: str) -> None:
 
 
 def selectors(expr: Expr) -> list[VectorSelector | MatrixSelector]:
-    """Every selector in an expression (a matrix selector's inner selector is not repeated)."""
+    """Every selector in an expression, subqueries' included (a matrix selector's inner
+    selector is not repeated)."""
     out: list[VectorSelector | MatrixSelector] = []
 
     def walk(e: Expr) -> None:
@@ -422,7 +493,7 @@ def selectors(expr: Expr) -> list[VectorSelector | MatrixSelector]:
         elif isinstance(e, Binary):
             walk(e.lhs)
             walk(e.rhs)
-        elif isinstance(e, Paren | Unary):
+        elif isinstance(e, Paren | Unary | Subquery):
             walk(e.expr)
 
     walk(expr)

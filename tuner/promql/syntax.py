@@ -1,8 +1,9 @@
 """The PromQL syntax tree, the value types, and the table of functions and operators.
 
-The parser (``tuner.promql.parser``) builds these frozen nodes; the evaluator walks them. The
-tables say what the subset supports: ``FUNCS`` (each function's argument and return types, as
-Prometheus 2.42 declares them), ``KNOWN_UNSUPPORTED`` (functions Prometheus has that we refuse
+The parser (``tuner.promql.parser``) builds these frozen nodes (selectors with ``offset`` and
+``@``, subqueries, calls, aggregations, binary and unary operators); the evaluator walks them.
+The tables say what is supported: ``FUNCS`` (each function's argument and return types, as
+Prometheus 2.42 declares them), ``KNOWN_UNSUPPORTED`` (the native-histogram functions, refused
 by name), the aggregators, and binary operator precedence (higher binds tighter; ``^`` is
 right-associative).
 """
@@ -43,17 +44,42 @@ class StringLiteral(Expr):
     value: str
 
 
+class AtEdge(StrEnum):
+    """``@ start()`` / ``@ end()``: the query's first or last evaluation time."""
+
+    START = "start"
+    END = "end"
+
+
 @dataclass(frozen=True)
 class VectorSelector(Expr):
     name: str | None
     matchers: tuple[Matcher, ...]  # includes the __name__ matcher when a name was given
     offset_ms: int = 0
+    at_ms: int | None = None  # ``@ <time>``: evaluate at this time whatever the step's time
+    at_edge: AtEdge | None = None  # ``@ start()``/``@ end()``, resolved to at_ms per query
 
 
 @dataclass(frozen=True)
 class MatrixSelector(Expr):
-    selector: VectorSelector
+    selector: VectorSelector  # carries the offset and the @ time
     range_ms: int
+
+
+@dataclass(frozen=True)
+class Subquery(Expr):
+    """``expr[range:step] offset o @ t``: ``expr`` evaluated on a step grid, as a range vector.
+
+    ``step_ms`` 0 means the default step (the evaluation interval). Grid points are the
+    multiples of the step inside ``[t - o - range, t - o]``.
+    """
+
+    expr: Expr
+    range_ms: int
+    step_ms: int = 0
+    offset_ms: int = 0
+    at_ms: int | None = None
+    at_edge: AtEdge | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +137,7 @@ class Func:
     args: tuple[ValueType, ...]
     ret: ValueType
     optional: int = 0  # how many trailing args may be omitted
+    variadic: bool = False  # the last argument type may repeat any number of times
 
 
 FUNCS: dict[str, Func] = {
@@ -154,19 +181,23 @@ FUNCS: dict[str, Func] = {
     "log10": Func((V,), V),
     "sort": Func((V,), V),
     "sort_desc": Func((V,), V),
+    "predict_linear": Func((M, S), V),
+    "holt_winters": Func((M, S, S), V),
+    "label_join": Func((V, STR, STR, STR), V, optional=1, variadic=True),
+    "pi": Func((), S),
+    **{f: Func((V,), V) for f in ("sgn", "deg", "rad", "sin", "cos", "tan", "asin", "acos",
+                                  "atan", "sinh", "cosh", "tanh", "asinh", "acosh", "atanh")},
+    # date functions: of each sample's value as unix seconds, or of vector(time())
+    **{f: Func((V,), V, optional=1) for f in ("year", "month", "day_of_month", "day_of_week",
+                                              "day_of_year", "days_in_month", "hour", "minute")},
 }
 
-# Functions Prometheus 2.42 has that this evaluator refuses.
-KNOWN_UNSUPPORTED = {
-    "acos", "acosh", "asin", "asinh", "atan", "atanh", "cos", "cosh", "days_in_month",
-    "day_of_month", "day_of_week", "day_of_year", "deg", "histogram_count", "histogram_fraction",
-    "histogram_sum", "holt_winters", "hour", "label_join", "minute", "month", "pi",
-    "predict_linear", "rad", "sgn", "sin", "sinh", "tan", "tanh", "year",
-}
+# Functions Prometheus 2.42 has that this evaluator refuses (they read native histograms).
+KNOWN_UNSUPPORTED = {"histogram_count", "histogram_fraction", "histogram_sum"}
 
 AGGREGATORS = {"sum", "avg", "min", "max", "count", "topk", "bottomk", "quantile", "stddev",
                 "stdvar", "group", "count_values"}
-SUPPORTED_AGGREGATORS = AGGREGATORS - {"count_values"}
+SUPPORTED_AGGREGATORS = AGGREGATORS
 
 # Binary operators and their precedence (higher binds tighter); ^ is right-associative.
 PRECEDENCE = {
@@ -179,7 +210,7 @@ PRECEDENCE = {
 }
 COMPARISONS = {"==", "!=", "<=", "<", ">=", ">"}
 SET_OPS = {"and", "or", "unless"}
-ARITHMETIC = {"+", "-", "*", "/", "%", "^"}
+ARITHMETIC = {"+", "-", "*", "/", "%", "^"}  # these drop the metric name; atan2 keeps it
 
 
 def type_of(e: Expr) -> ValueType:
@@ -190,7 +221,7 @@ def type_of(e: Expr) -> ValueType:
         return STR
     if isinstance(e, VectorSelector | Aggregate):
         return V
-    if isinstance(e, MatrixSelector):
+    if isinstance(e, MatrixSelector | Subquery):
         return M
     if isinstance(e, Call):
         return FUNCS[e.func].ret

@@ -570,7 +570,9 @@ def read_alert_states(documents: DocumentStore) -> list[AlertState]:
     return sorted(out, key=lambda a: (order.get(a.state, 3), a.alertname, sorted(a.labels.items())))
 
 
-def local_engine(store: Store, lookback_delta: float = 300.0) -> Engine:
-    """The in-process PromQL evaluator over ``store`` (a ``tuner.promql.Querier``)."""
-    return Engine(reader=store, lookback_delta=lookback_delta)
+def local_engine(store: Store, lookback_delta: float = 300.0,
+                 subquery_step: float = 60.0) -> Engine:
+    """The in-process PromQL evaluator over ``store`` (a ``tuner.promql.Querier``); subqueries
+    without a step use ``subquery_step`` (the evaluation interval)."""
+    return Engine(reader=store, lookback_delta=lookback_delta, subquery_step=subquery_step)
 

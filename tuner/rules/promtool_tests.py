@@ -36,6 +36,7 @@ _TEST_KEYS = {"name", "interval", "input_series", "alert_rule_test", "promql_exp
 _NUM = r"[-+]?(?:Inf|inf|NaN|nan|(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
 _EXPAND_RE = re.compile(rf"^(?P<a>{_NUM})(?:(?P<op>[-+])(?P<b>{_NUM}))?x(?P<n>\d+)$")
 _MISSING = None
+_EMPTY_SET_RE = re.compile(r"\s*\{\s*\}\s*")
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,9 @@ def expand_values(text: str) -> list[float | None]:
             b = _parse_num(m.group("b")) if m.group("b") else 0.0
             if m.group("op") == "-":
                 b = -b
-            out.extend(a + i * b for i in range(int(m.group("n")) + 1))
+            for _ in range(int(m.group("n")) + 1):  # repeated addition, as promtool's parser
+                out.append(a)
+                a += b
             continue
         if re.fullmatch(_NUM, item):
             out.append(_parse_num(item))
@@ -87,7 +90,13 @@ def _parse_num(text: str) -> float:
 
 
 def parse_series(text: str) -> tuple[str, dict[str, str]]:
-    """``name{a="b"}`` (or ``{__name__="name", ...}``) -> (name, labels)."""
+    """``name{a="b"}`` (or ``{__name__="name", ...}``) -> (name, labels); ``{}`` -> ("", {}).
+
+    ``{}`` (no name, no labels) is what an aggregation without ``by`` returns, so promtool
+    accepts it as an expected sample's labels.
+    """
+    if _EMPTY_SET_RE.fullmatch(text):
+        return "", {}
     try:
         e = parse_expr(text)
     except QueryError as exc:
@@ -136,8 +145,10 @@ def _run_test_file(path: Path) -> UnitTestResult:
     _req(not unknown, where,
          f"unknown keys {sorted(unknown)}; a promtool test file has {sorted(_TEST_FILE_KEYS)}")
     rule_files = data.get("rule_files")
-    _req(isinstance(rule_files, list) and bool(rule_files), where,
-         "rule_files: a list of rule files (relative to the test file) is required")
+    if rule_files is None:  # promtool: a file of promql_expr_test needs no rules
+        rule_files = []
+    _req(isinstance(rule_files, list) and all(isinstance(f, str) for f in rule_files), where,
+         "rule_files: a list of rule file paths (relative to the test file), or []")
     tests = data.get("tests")
     _req(isinstance(tests, list) and bool(tests), where, "tests: a list of test groups is required")
     eval_interval = duration_field(data.get("evaluation_interval"), f"{where}: evaluation_interval",
@@ -146,7 +157,7 @@ def _run_test_file(path: Path) -> UnitTestResult:
     rule_paths = [str(f) if Path(str(f)).is_absolute() else str(path.parent / str(f))
                   for f in rule_files]
     try:
-        ruleset = load_rule_files(rule_paths)
+        ruleset = load_rule_files(rule_paths) if rule_paths else RuleSet(())
     except RuleError as exc:
         raise RuleError(f"{where}: rule_files: {exc}") from None
     order = data.get("group_eval_order")
@@ -239,7 +250,8 @@ def _run_one_test(test: Any, where: str, ruleset: RuleSet, eval_interval: float)
             if series_points:
                 store.append_points(series_points)
             engine = RuleEngine(
-                ruleset, local_engine(store), writer=store, default_interval=eval_interval,
+                ruleset, local_engine(store, subquery_step=eval_interval), writer=store,
+                default_interval=eval_interval,
                 external_labels={
                     str(k): str(v) for k, v in (test.get("external_labels") or {}).items()
                 },
@@ -269,7 +281,7 @@ def _run_one_test(test: Any, where: str, ruleset: RuleSet, eval_interval: float)
                        for r in ruleset.rules) and alert_tests:
                 names = sorted({a.alertname for a in alert_tests} - set(ruleset.alert_names))
                 failures.append(f"{where}: no alerting rule named {names} in the rule files")
-            query = local_engine(store)
+            query = local_engine(store, subquery_step=eval_interval)
             for pwhere, expr, at_t, exp_s in expr_tests:
                 try:
                     got_s = sorted((label_pairs(lb), v) for lb, v in
