@@ -4,8 +4,8 @@
   requests preempts: ``VllmPreemptionsHigh`` fires in the sidecar and arrives in Alertmanager.
 * ngram speculative decoding on the random-weight model with sampled output accepts almost
   nothing: ``VllmSpecDecodeNotPaying`` fires (mean acceptance length near 1).
-* admission control (``vllm serve --api-server-count 2 --max-num-seqs 4
-  --max-num-queued-reqs 2``) under 48 requests 24 at a time refuses most with HTTP 503:
+* admission control (``--max-num-seqs 4 --max-num-queued-reqs 2``, the shared
+  ``vllm_admission_server``) under 48 requests 24 at a time refuses most with HTTP 503:
   ``VllmAdmissionRejectionsHigh`` fires and arrives, and ``tuner status`` shows the rate.
 
 The rules are the shipped rendering with every ``for:`` shortened to 5s (windows stay as

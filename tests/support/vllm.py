@@ -14,10 +14,10 @@ every later test of the session, stopped — process group and all — at sessio
                                  concurrent 256+512-token requests cause real preemptions;
                                  OMP bound to core 1
 - ``vllm_specdecode_server``  -> VllmServer: ngram speculative decoding (3 tokens); core 1
-- ``vllm_admission_server``   -> VllmServer: admission control as issue 10 found it:
-                                 ``vllm serve --api-server-count 2 --max-num-seqs 4
-                                 --max-num-queued-reqs 2`` (through tests/support/vllm_serve.py);
-                                 48 requests 24 at a time get ~46 HTTP 503s; core 1
+- ``vllm_admission_server``   -> VllmServer: admission control, ``--max-num-seqs 4
+                                 --max-num-queued-reqs 2``: under 24 concurrent requests most
+                                 are refused with 503 (plain, or as an error event in an
+                                 HTTP 200 stream); core 1
 
 ``VllmServer`` has ``url`` (``http://127.0.0.1:PORT``), ``metrics_url``, ``port``, ``model``
 (the name to send in requests), ``log_path`` and ``canary`` (the LocalCanary).
@@ -34,9 +34,7 @@ Anything that starts vLLM must run under ``flock /tmp/tuner-vllm.lock``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -59,12 +57,9 @@ PREEMPTING_FLAGS: Mapping[str, Any] = {"num-gpu-blocks-override": 24, "max-num-s
                                        "max-model-len": 2048}
 SPECDECODE_CONFIG = {"method": "ngram", "num_speculative_tokens": 3,
                      "prompt_lookup_max": 3, "prompt_lookup_min": 1}
+#: Admission control: at most 2 unfinished requests, so a burst is mostly refused with 503.
+ADMISSION_FLAGS: Mapping[str, Any] = {"max-num-seqs": 4, "max-num-queued-reqs": 2}
 SERVED_NAME = "tiny-llama"
-#: Admission control (vLLM 0.29+): at most 4 running and 2 queued, the rest refused with 503.
-ADMISSION_FLAGS: Mapping[str, Any] = {"api-server-count": 2, "max-num-seqs": 4,
-                                      "max-num-queued-reqs": 2}
-#: ``vllm serve`` (``--api-server-count`` only works there), via the shim for the CPU build.
-VLLM_SERVE_COMMAND = (sys.executable, "-m", "tests.support.vllm_serve", "serve")
 
 
 def vllm_env(cores: str = "0", kv_space_gib: int | None = None) -> dict[str, str]:
@@ -145,13 +140,10 @@ class VllmServer:
 
 
 def _serve(tmp_factory: pytest.TempPathFactory, name: str, model_dir: Path,
-           flags: Mapping[str, Any] | None, cores: str,
-           command: tuple[str, ...] | None = None) -> Iterator[VllmServer]:
+           flags: Mapping[str, Any] | None, cores: str) -> Iterator[VllmServer]:
     log_path = tmp_factory.mktemp(name) / "vllm.log"
-    spec = test_launch_spec(model_dir, flags, cores)
-    if command is not None:
-        spec = dataclasses.replace(spec, command=command)
-    canary = LocalCanary(spec, log_path, health_timeout=HEALTH_TIMEOUT)
+    canary = LocalCanary(test_launch_spec(model_dir, flags, cores), log_path,
+                         health_timeout=HEALTH_TIMEOUT)
     t0 = time.monotonic()
     handle = canary.start()  # CanaryFailed carries the log tail into the error
     server = VllmServer(canary=canary, handle=handle, startup_seconds=time.monotonic() - t0)
@@ -188,8 +180,7 @@ def vllm_specdecode_server(tmp_path_factory: pytest.TempPathFactory,
 @pytest.fixture(scope="session")
 def vllm_admission_server(tmp_path_factory: pytest.TempPathFactory,
                           tiny_model_dir: Path) -> Iterator[VllmServer]:
-    yield from _serve(tmp_path_factory, "vllm-admission", tiny_model_dir, ADMISSION_FLAGS, "1",
-                      command=VLLM_SERVE_COMMAND)
+    yield from _serve(tmp_path_factory, "vllm-admission", tiny_model_dir, ADMISSION_FLAGS, "1")
 
 
 _SERVER_FIXTURES = ("vllm_server", "vllm_preempting_server", "vllm_specdecode_server",
