@@ -137,6 +137,7 @@ def tune_best_json(outcome: TuneOutcome) -> dict[str, Any]:
         "best_infeasible": [_cand_json(c) for c in outcome.best_infeasible],
         "trials": len(outcome.trials),
         "complete": outcome.complete,
+        "workload": dict(outcome.workload) if outcome.workload is not None else None,
     }
 
 
