@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.tiny_model import ensure_tiny_model  # noqa: E402
 from tests.support.vllm import PREEMPTING_FLAGS, test_launch_spec  # noqa: E402
-from tuner.canary import LocalCanary  # noqa: E402
+from tuner.canary import LocalCanary, install_cleanup_handlers  # noqa: E402
 from tuner.exposition import parse_exposition  # noqa: E402
 from tuner.load import LengthDist, LoadSpec, run_load_sync, summarize  # noqa: E402
 
@@ -57,6 +57,7 @@ def main() -> None:
     ap.add_argument("--cores", default="0", help="VLLM_CPU_OMP_THREADS_BIND (default 0: one "
                     "OpenMP thread; '0-1' spins two threads, slow when the machine is busy)")
     args = ap.parse_args()
+    install_cleanup_handlers()  # SIGTERM/Ctrl-C: stop the vLLM servers first
     global CORES
     CORES = args.cores
     model = ensure_tiny_model()

@@ -31,6 +31,7 @@ import contextlib
 from tests.support.common import free_port, stop_process, wait_http
 from tests.support.dcgm import DcgmExporter
 from tests.support.vllm import start_vllm
+from tuner.canary import install_cleanup_handlers
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -123,6 +124,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120.0, help="measurement window each")
     parser.add_argument("--intervals", default="1,5")
     args = parser.parse_args()
+    install_cleanup_handlers()  # SIGTERM/Ctrl-C: stop the vLLM servers first
     work = Path(tempfile.mkdtemp(prefix="tuner-bench-overhead-"))
     dcgm = DcgmExporter().start()
     canary = start_vllm(log_path=work / "vllm.log", cores="1")

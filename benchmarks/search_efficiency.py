@@ -1,26 +1,31 @@
-"""How fast ``tuner tune`` finds a good configuration, against grid and random search.
+"""How fast ``tuner tune``'s search finds a good configuration, against grid and random search.
 
-Replays a response surface recorded once from real vLLM CPU canaries
-(``benchmarks/data/surface_cpu.json``, written by ``record_surface.py``: a grid of
-max-num-seqs x num-gpu-blocks-override, each point measured on fresh canaries several times).
-A searcher that asks for a point gets one of that point's recorded runs at random, so the
-restart-to-restart noise is the real one. SLO and scoring are the tuner's own
-(``score_trial`` with the SLO of ``examples/tune-cpu.yaml``).
+Replays a response surface recorded from real vLLM CPU canaries by ``record_surface.py``
+(``--data``, default ``benchmarks/data/surface_cpu_3d.json``: max-num-seqs x
+num-gpu-blocks-override x max-num-batched-tokens, each point measured on fresh canaries;
+``surface_cpu.json`` is the older 2-knob one). A searcher that asks for a point gets one of
+that point's recorded runs at random, so the restart-to-restart noise is the real one. SLO
+and scoring are the tuner's own (``score_trial`` with the SLO of ``examples/tune-cpu.yaml``).
 
-Searchers, 10 seeds each, budget 16 trials:
+Searchers, 10 seeds each:
 
-* ``tuner``: ``skopt.Optimizer`` as ``make_optimizer`` builds it from ``examples/tune-cpu.yaml``
-  (GP), over the grid (one integer knob per axis, over the grid indices; max-num-seqs was
-  recorded on a log-spaced grid, so its index is its log scale). It may ask for a point again
-  (a re-measurement): that costs a trial, as it would in a real search;
-* ``grid``: vLLM auto_tune style nested loops, ascending (every grid point once, then done);
+* ``tuner``: the tune search's own pieces as ``tuner tune`` runs them: the baseline first
+  (max-num-seqs 128, max-num-batched-tokens 2048, the block count nearest the example's 32:
+  it costs a trial), the KV bound from the baseline's KV capacity and the load
+  (``tuner.tune.bound``), the Latin-hypercube initial design over the likely part
+  (``initial_design``), then ``propose`` (the GP's asks, never a measured or ruled-out
+  point), with the optimizer settings of ``examples/tune-cpu.yaml``. The knobs span the
+  grid's range (log scale where the example's knob is); a proposal is measured at the nearest
+  grid point (in the knob's scale), and "measured" means that grid point was. Early stopping
+  is not replayed (the surface has no partial windows);
+* ``grid``: vLLM auto_tune style nested loops, ascending (every grid point once);
 * ``random``: the grid points in a random order (without replacement: a strong baseline).
 
-Printed: trials needed until a configuration within 95% of the grid optimum (by its mean over
-the recorded runs) has been measured; the quality (true mean / grid optimum) of the config each
-searcher would pick (best *observed*, feasible) at budgets 8, 12 and 16; and the tuner's own
-time per trial outside server start, load and server stop, as a share of a trial, from the
-recorded trials' timings plus ask/tell and SQLite persistence measured here.
+Printed: what the surface is (grid, runs, load, the recording's noise figures); trials until a
+configuration within 95% of the grid optimum (by its mean over the recorded runs) has been
+measured (median over seeds, with the spread); the quality (true mean / optimum) of the config
+each searcher would pick (best observed, feasible) at budgets 8, 12 and 16 (mean ± sd over
+seeds); and the share of a trial spent on server start-up, from the recorded timings.
 
     python benchmarks/search_efficiency.py [--data benchmarks/data/surface_cpu.json]
 """
@@ -28,12 +33,15 @@ recorded trials' timings plus ask/tell and SQLite persistence measured here.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import statistics
 import sys
-import tempfile
-import time
+import warnings
+from collections.abc import Mapping
 from dataclasses import replace
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -45,188 +53,260 @@ sys.path.insert(0, str(ROOT))
 from tuner.tune import (  # noqa: E402
     Measurement,
     Space,
-    Trial,
-    TrialLog,
+    build_load_spec,
     load_tune_config,
     make_optimizer,
     score_trial,
 )
+from tuner.tune.bound import kv_bound  # noqa: E402
+from tuner.tune.optimizer import initial_design, propose  # noqa: E402
 
 SEEDS = range(10)
 BUDGETS = (8, 12, 16)
-MAX_BUDGET = 16
+MAX_TRIALS = 30
+DATA = ROOT / "benchmarks" / "data" / "surface_cpu_3d.json"
+BASELINE = {"max-num-seqs": 128, "num-gpu-blocks-override": 32, "max-num-batched-tokens": 2048}
+Key = tuple[int, ...]
 
 
-def load_surface(path: Path) -> tuple[dict[tuple[int, int], list[dict[str, Any]]], Any]:
-    import json
+class SurfaceError(Exception):
+    """A surface file this benchmark cannot replay (says which file and what is wrong)."""
 
-    data = json.loads(path.read_text())
-    runs: dict[tuple[int, int], list[dict[str, Any]]] = {}
-    for t in data["trials"]:
-        p = t["point"]
-        runs.setdefault((p["max-num-seqs"], p["gpu-memory-utilization"]), []).append(t)
-    return runs, data
+
+def load_surface(path: Path, flag_knobs: Mapping[str, Any]
+                 ) -> tuple[dict[str, list[int]], dict[Key, list[dict[str, Any]]], dict[str, Any]]:
+    """(grid by flag, runs by grid point, the file's data); SurfaceError when the file is not
+    a complete recorded grid over knobs of the tune example."""
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise SurfaceError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise SurfaceError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("grid"), dict) \
+            or not isinstance(data.get("trials"), list):
+        raise SurfaceError(f"{path}: not a surface of record_surface.py (needs a 'grid' "
+                           "mapping of flag -> values and a 'trials' list)")
+    grid: dict[str, list[int]] = {}
+    for flag, values in data["grid"].items():
+        if flag not in flag_knobs:
+            raise SurfaceError(f"{path}: grid axis {flag!r} is not a knob's flag of "
+                               f"examples/tune-cpu.yaml ({', '.join(flag_knobs)})")
+        if not isinstance(values, list) or len(values) < 2 \
+                or not all(isinstance(v, int) for v in values):
+            raise SurfaceError(f"{path}: grid axis {flag!r} needs two or more integer values")
+        grid[flag] = sorted(values)
+    if not grid:
+        raise SurfaceError(f"{path}: the grid has no axis")
+    runs: dict[Key, list[dict[str, Any]]] = {k: [] for k in product(*grid.values())}
+    for i, t in enumerate(data["trials"]):
+        flags = t.get("flags") if isinstance(t, dict) else None
+        if not isinstance(flags, dict) or any(f not in flags for f in grid):
+            raise SurfaceError(f"{path}: trial {i} has no flags for every grid axis "
+                               f"({', '.join(grid)})")
+        key = tuple(flags[f] for f in grid)
+        if key not in runs:
+            raise SurfaceError(f"{path}: trial {i} ran {dict(zip(grid, key, strict=True))}, "
+                               "which is not a point of the grid")
+        runs[key].append(t)
+    missing = [k for k, v in runs.items() if not v]
+    if missing:
+        raise SurfaceError(
+            f"{path}: {len(missing)} of {len(runs)} grid points have no run (e.g. "
+            f"{dict(zip(grid, missing[0], strict=True))}): an incomplete surface; finish the "
+            "recording (rerun record_surface.py) or pass a complete one")
+    return grid, runs, data
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=ROOT / "benchmarks" / "data" / "surface_cpu.json")
+    ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--initial-points", type=int, default=None,
                     help="override the example's optimizer.initial_points")
-    ap.add_argument("--acq", default=None, help="override optimizer.acq_func (EI, PI, LCB, ...)")
-    ap.add_argument("--estimator", default=None, help="override optimizer.estimator (GP, RF, ET)")
+    ap.add_argument("--design", default=None, help="override optimizer.initial_design")
     args = ap.parse_args()
     os.environ.setdefault("TUNER_TINY_MODEL_DIR", "/unused")
-    cfg = load_tune_config(ROOT / "examples" / "tune-cpu.yaml")
-    runs, data = load_surface(args.data)
-    seqs = sorted({k[0] for k in runs})
-    blocks = sorted({k[1] for k in runs})
-    # The searched space is the recorded grid: one integer knob per grid axis, over the grid's
-    # indices (max-num-seqs was recorded on a log-spaced grid, so its index is its log scale).
-    knobs = {k.name: k for k in cfg.space.knobs}
-    space = Space((
-        replace(knobs["max-num-seqs"], low=0, high=len(seqs) - 1, log=False),
-        replace(knobs["gpu-memory-utilization"], low=0, high=len(blocks) - 1, log=False),
-    ))
-    cfg = replace(cfg, space=space, budget=replace(cfg.budget, trials=MAX_BUDGET))
-    over = {k: v for k, v in (("initial_points", args.initial_points), ("acq_func", args.acq),
-                              ("estimator", args.estimator)) if v is not None}
-    cfg = replace(cfg, optimizer=replace(cfg.optimizer, **over))
+    base_cfg = load_tune_config(ROOT / "examples" / "tune-cpu.yaml")
+    flag_knobs = {k.flag: k for k in base_cfg.space.knobs}
+    try:
+        grid, runs, data = load_surface(args.data, flag_knobs)
+    except SurfaceError as exc:
+        sys.exit(f"search_efficiency: {exc}")
+    flags = list(grid)
+    # the searched space: the example's knobs over the grid's range
+    knobs = tuple(replace(flag_knobs[f], low=min(grid[f]), high=max(grid[f])) for f in flags)
+    space = Space(knobs)
+    over: dict[str, Any] = {"initial_points": args.initial_points,
+                            "initial_design": args.design}
+    opt_cfg = replace(base_cfg.optimizer, **{k: v for k, v in over.items() if v is not None})
+    if "initial_points" not in {k for k, v in over.items() if v is not None}:
+        opt_cfg = replace(opt_cfg, initial_points=max(opt_cfg.initial_points, 2 * len(flags)))
+    cfg = replace(base_cfg, space=space, optimizer=opt_cfg,
+                  budget=replace(base_cfg.budget, trials=MAX_TRIALS))
 
-    def measurement(t: dict[str, Any]) -> Measurement | None:
-        m = t.get("measurement")
-        return Measurement.from_json(m) if m and t["state"] in ("ok", "slo") else None
+    def ok_runs(key: Key) -> list[dict[str, Any]]:
+        return [t for t in runs[key] if t["state"] == "ok" and t.get("objective")]
 
-    # true value of a point: mean objective over its runs; feasible if most runs met the SLO
-    truth: dict[tuple[int, int], float] = {}
+    truth: dict[Key, float] = {}
     for key, rs in runs.items():
-        ok = [t for t in rs if t["state"] == "ok"]
-        truth[key] = statistics.fmean(t["objective"] for t in ok) if 2 * len(ok) >= len(rs) else -1
-    optimum = max(truth.values())
+        ok = ok_runs(key)
+        truth[key] = statistics.fmean(t["objective"] for t in ok) if 2 * len(ok) >= len(rs) \
+            else -1.0
+    optimum_key = max(truth, key=lambda k: truth[k])
+    optimum = truth[optimum_key]
     target = 0.95 * optimum
-    reference = statistics.median(v for v in truth.values() if v > 0)
+    near = [k for k, v in truth.items() if v >= target]
 
-    def snap(point: dict[str, Any]) -> tuple[int, int]:
-        return seqs[point["max-num-seqs"]], blocks[point["gpu-memory-utilization"]]
+    def scale(f: str, v: float) -> float:
+        return math.log(v) if flag_knobs[f].log else float(v)
 
-    def measure(key: tuple[int, int], rng: np.random.Generator) -> tuple[float | None, float, bool]:
+    def snap(point: Mapping[str, Any]) -> Key:
+        return tuple(min(grid[f], key=lambda g, f=f, k=k: abs(scale(f, g) - scale(f, point[k.name])))
+                     for f, k in zip(flags, knobs, strict=True))
+
+    def as_point(key: Key) -> dict[str, Any]:
+        return {k.name: v for k, v in zip(knobs, key, strict=True)}
+
+    baseline = snap({k.name: BASELINE[k.flag] for k in knobs})
+
+    def measure(key: Key, rng: np.random.Generator, reference: float | None
+                ) -> tuple[float | None, float, bool]:
         t = runs[key][int(rng.integers(len(runs[key])))]
-        m = measurement(t)
-        state, value, loss, _ = score_trial(m, cfg.objective, cfg.slo, reference)
+        m = t.get("measurement")
+        meas = Measurement.from_json(m) if m and t["state"] in ("ok", "slo") else None
+        state, value, loss, _ = score_trial(meas, cfg.objective, cfg.slo, reference)
         return value, loss, state == "ok"
 
-    ask_tell_s: list[float] = []
+    load = build_load_spec(data["load"])
+    block_size = 128  # vLLM's CPU backend
+    base_flags = {**data.get("flags", {}), **dict(zip(flags, baseline, strict=True))}
+    blocks = base_flags.get("num-gpu-blocks-override")
+    capacity = float(blocks) * block_size if blocks else math.nan
+    bound = kv_bound(space, base_flags, capacity, block_size, load,
+                     data.get("flags", {}).get("max-model-len"))
 
-    def search(kind: str, seed: int) -> list[tuple[tuple[int, int], float | None, bool]]:
+    History = list[tuple[Key, float | None, bool]]
+
+    def tuner(seed: int) -> History:
         rng = np.random.default_rng(1000 + seed)
-        out = []
-        if kind == "grid":
-            for key in [(s, b) for s in seqs for b in blocks]:
-                value, _, ok = measure(key, rng)
-                out.append((key, value, ok))
-            return out
-        if kind == "random":  # uniform over the grid, without replacement
-            keys = [(s, b) for s in seqs for b in blocks]
-            for i in rng.permutation(len(keys)):
-                value, _, ok = measure(keys[i], rng)
-                out.append((keys[i], value, ok))
-            return out
-        opt = make_optimizer(replace(cfg, optimizer=replace(cfg.optimizer, seed=seed)))
-        for _ in range(MAX_BUDGET):
-            t0 = time.perf_counter()
-            x = opt.ask()
-            dt = time.perf_counter() - t0
-            key = snap(space.point(x))
-            value, loss, ok = measure(key, rng)
-            t0 = time.perf_counter()
-            opt.tell(x, loss)
-            ask_tell_s.append(dt + time.perf_counter() - t0)
-            out.append((key, value, ok))
-        return out
+        c = replace(cfg, optimizer=replace(cfg.optimizer, seed=seed))
+        opt = make_optimizer(c)
+        ref, loss, ok = measure(baseline, rng, None)
+        hist: History = [(baseline, ref, ok)]
+        ref = ref if ref else None
+        loss = -1.0 if ok else loss
+        opt.tell(space.x(as_point(baseline)), loss)
+        taken = {baseline}
 
-    def trials_to_target(history: list[tuple[tuple[int, int], float | None, bool]]) -> int | None:
-        for i, (key, _, _) in enumerate(history, start=1):
-            if truth[key] >= target:
-                return i
-        return None
+        def allowed(p: Mapping[str, Any]) -> bool:
+            return snap(p) not in taken and (bound is None or bound.allows(p))
 
-    def picked_quality(history: list[tuple[tuple[int, int], float | None, bool]],
-                       budget: int) -> float:
-        seen = [(v, key) for key, v, ok in history[:budget] if ok and v is not None]
-        if not seen:
-            return 0.0
-        _, key = max(seen)
-        return max(0.0, truth[key]) / optimum
+        design = [p for p in initial_design(space, c.optimizer.initial_points,
+                                            c.optimizer.initial_design, seed,
+                                            within=bound.likely if bound else None)]
+        while len(hist) < min(MAX_TRIALS, len(runs)):
+            point = next((p for p in design if allowed(p)), None)
+            if point is None:
+                proposed = propose(opt, space, 1, allowed)
+                if not proposed:
+                    break
+                point = space.point(proposed[0])
+            key = snap(point)
+            taken.add(key)
+            value, loss, ok = measure(key, rng, ref)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                opt.tell(space.x(as_point(key)), loss)
+            hist.append((key, value, ok))
+        return hist
 
-    print(f"surface: {args.data.name}: {len(runs)} grid points x "
-          f"{statistics.fmean(len(r) for r in runs.values()):.1f} runs "
-          f"({len(data['trials'])} real vLLM CPU trials)")
-    print(f"optimizer: {cfg.optimizer}")
-    print(f"grid optimum {optimum:,.0f} tok/s at {max(truth, key=lambda k: truth[k])} "
-          f"(max-num-seqs, blocks); 95% target {target:,.0f}; "
-          f"SLO p99 TTFT <= {cfg.slo.ttft_p99_seconds}s, p99 ITL <= {cfg.slo.itl_p99_seconds}s")
-    spreads = [statistics.stdev([t["objective"] for t in r if t.get("objective")]) /
-               statistics.fmean([t["objective"] for t in r if t.get("objective")])
-               for r in runs.values() if sum(1 for t in r if t.get("objective")) > 1]
-    if spreads:
-        print(f"restart noise: median relative sd between runs of a point "
-              f"{statistics.median(spreads) * 100:.0f}% (max {max(spreads) * 100:.0f}%)")
+    def grid_search(seed: int) -> History:
+        rng = np.random.default_rng(1000 + seed)
+        return [(k, *measure(k, rng, None)[::2]) for k in product(*grid.values())]
+
+    def random_search(seed: int) -> History:
+        rng = np.random.default_rng(1000 + seed)
+        keys = list(product(*grid.values()))
+        return [(keys[i], *measure(keys[i], rng, None)[::2]) for i in rng.permutation(len(keys))]
+
+    def trials_to_target(h: History) -> int | None:
+        return next((i for i, (k, _, _) in enumerate(h, start=1) if truth[k] >= target), None)
+
+    def picked_quality(h: History, budget: int) -> float:
+        seen = [(v, k) for k, v, ok in h[:budget] if ok and v is not None]
+        return max(0.0, truth[max(seen)[1]]) / optimum if seen else 0.0
+
+    # -- what the surface is -----------------------------------------------------------------
+    n_runs = [len(r) for r in runs.values()]
+    print(f"surface: {args.data.name}: {data.get('what', 'no description recorded')}")
+    print("  grid: " + " x ".join(f"--{f} {grid[f]}" for f in flags)
+          + f" = {len(runs)} points, {min(n_runs)}-{max(n_runs)} fresh-canary runs each "
+          f"({sum(n_runs)} trials)")
+    print(f"  load: {json.dumps(data['load'], sort_keys=True)}; fixed flags: "
+          f"{json.dumps(data.get('flags', {}), sort_keys=True)}")
+    noise = data.get("noise")
+    if noise:
+        one, across = noise["one_server"], noise["across_restarts"]
+        print(f"  recorded noise (CV of output tok/s): one server {one.get('cv_median', 0):.1%} "
+              f"median over {one['points']} points (max {one.get('cv_max', 0):.1%}); across "
+              f"restarts {across.get('cv_median', 0):.1%} median over {across['points']} points "
+              f"(p90 {across.get('cv_p90', 0):.1%})")
+    feasible = sum(1 for v in truth.values() if v > 0)
+    print(f"  optimum {optimum:,.0f} tok/s at {dict(zip(flags, optimum_key, strict=True))}; "
+          f"95% target {target:,.0f}: {len(near)} of {len(runs)} points reach it; "
+          f"{feasible} points meet the SLO in most runs (p99 TTFT <= {cfg.slo.ttft_p99_seconds}s)")
+    print(f"  tuner's baseline {dict(zip(flags, baseline, strict=True))}: "
+          f"{truth[baseline]:,.0f} tok/s ({truth[baseline] / optimum:.0%} of the optimum)")
+    if bound is not None:
+        for note in bound.notes:
+            print(f"  KV bound: {note}")
+    print(f"  optimizer: {cfg.optimizer}")
     print()
-    print(f"{'searcher':8}  {'trials to 95% (median, mean, reached)':38}  "
-          + "  ".join(f"picked@{b:<2} (mean±sd)" for b in BUDGETS))
+
+    # -- searchers ---------------------------------------------------------------------------
     results: dict[str, dict[str, Any]] = {}
-    for kind in ("tuner", "grid", "random"):
-        hists = [search(kind, s) for s in SEEDS]
-        needs = [trials_to_target(h) for h in hists]
-        reached = [n for n in needs if n is not None]
-        med = statistics.median([n if n is not None else MAX_BUDGET + 1 for n in needs])
-        mean = statistics.fmean([n if n is not None else MAX_BUDGET + 1 for n in needs])
+    print(f"{'searcher':8}  {'trials to 95%: median [min..max] (reached)':44}  "
+          + "  ".join(f"picked@{b:<2} mean ± sd" for b in BUDGETS))
+    for name, fn in (("tuner", tuner), ("grid", grid_search), ("random", random_search)):
+        hists = [fn(s) for s in SEEDS]
+        cap = len(hists[0]) if name == "grid" else max(len(h) for h in hists)
+        needs = [n if (n := trials_to_target(h)) is not None else cap + 1 for h in hists]
+        reached = sum(1 for h in hists if trials_to_target(h) is not None)
         quals = {b: [picked_quality(h, b) for h in hists] for b in BUDGETS}
-        results[kind] = {"median": med, "quals": quals}
-        cols = "  ".join(
-            f"{statistics.fmean(q) * 100:6.1f}% ± {statistics.pstdev(q) * 100:4.1f}%    "
-            for q in quals.values()
-        )
-        print(f"{kind:8}  {med:6.1f} {mean:6.1f}  {len(reached):2}/{len(needs)} seeds"
-              f"{'':17}  {cols}")
-    grid_n = len(runs)
+        results[name] = {"needs": needs, "quals": quals}
+        cols = "  ".join(f"{statistics.fmean(q):6.1%} ± {statistics.pstdev(q):5.1%}  "
+                         for q in quals.values())
+        print(f"{name:8}  {statistics.median(needs):6.1f} [{min(needs):2}..{max(needs):2}] "
+              f"sd {statistics.pstdev(needs):4.1f} ({reached:2}/{len(hists)} seeds){'':13}"
+              f"  {cols}")
     print()
-    print(f"tuner needs {results['tuner']['median']:.1f} trials (median) vs the grid's "
-          f"{grid_n}: {results['tuner']['median'] / grid_n:.2f} of the grid "
-          f"(target <= 0.33); grid needs {results['grid']['median']:.1f}")
+    t_med = statistics.median(results["tuner"]["needs"])
+    print(f"tuner needs {t_med:.1f} trials (median, baseline included) to reach 95% of the "
+          f"optimum; the full grid is {len(runs)} trials: {t_med / len(runs):.2f} of the grid "
+          f"(target <= 0.33); grid search needs {statistics.median(results['grid']['needs']):.1f}"
+          f", random {statistics.median(results['random']['needs']):.1f}")
     for b in BUDGETS:
-        t = statistics.fmean(results["tuner"]["quals"][b])
-        r = statistics.fmean(results["random"]["quals"][b])
-        print(f"budget {b:2}: tuner {t * 100:.1f}% vs random {r * 100:.1f}% of the optimum "
-              f"({'better' if t > r else 'not better'})")
+        tq, rq = results["tuner"]["quals"][b], results["random"]["quals"][b]
+        print(f"budget {b:2}: tuner {statistics.fmean(tq):.1%} ± {statistics.pstdev(tq):.1%} vs "
+              f"random {statistics.fmean(rq):.1%} ± {statistics.pstdev(rq):.1%} of the optimum "
+              f"({'better' if statistics.fmean(tq) > statistics.fmean(rq) else 'NOT better'}; "
+              f"spread {'tighter' if statistics.pstdev(tq) < statistics.pstdev(rq) else 'NOT tighter'})")
+    tn, rn = results["tuner"]["needs"], results["random"]["needs"]
+    print(f"spread of trials-to-95% across seeds: tuner sd {statistics.pstdev(tn):.1f}, "
+          f"random sd {statistics.pstdev(rn):.1f} "
+          f"({'tighter' if statistics.pstdev(tn) < statistics.pstdev(rn) else 'NOT tighter'})")
 
-    # -- the tuner's own time per trial ---------------------------------------------------
-    timed = [t["timings"] for t in data["trials"] if t["timings"].get("load_s")]
-    total = statistics.fmean(t["total_s"] for t in timed)
-    start = statistics.fmean(t["start_s"] for t in timed)
-    load = statistics.fmean(t["load_s"] for t in timed)
-    stop = statistics.fmean(t.get("stop_s", 0.0) for t in timed)
-    own_recorded = statistics.fmean(
-        t["total_s"] - t["start_s"] - t["load_s"] - t.get("stop_s", 0.0) for t in timed
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        log = TrialLog(Path(tmp))
-        body = data["trials"][0]
-        t0 = time.perf_counter()
-        for i in range(50):
-            log.put(Trial.from_json({**body, "number": i}))
-        persist = (time.perf_counter() - t0) / 50
-        log.close()
-    ask_tell = statistics.fmean(ask_tell_s)
-    own = own_recorded + ask_tell + persist
-    print()
-    print(f"per trial (mean of {len(timed)} recorded trials): total {total:.1f}s = server start "
-          f"{start:.1f}s + load {load:.1f}s + server stop {stop:.1f}s + tuner {own_recorded:.2f}s "
-          "(scrape, signals, scoring)")
-    print(f"plus ask+tell {ask_tell * 1000:.0f} ms (GP, up to {MAX_BUDGET} points) and "
-          f"persisting {persist * 1000:.1f} ms")
-    print(f"tuner's own time: {own:.2f}s per trial = {own / (total + ask_tell + persist) * 100:.1f}%"
-          " of a trial (target < 5%)")
+    # -- where a trial's time goes -------------------------------------------------------------
+    timed = [t["timings"] for t in data["trials"] if t.get("timings", {}).get("load_s")]
+    if timed:
+        total = sum(t["total_s"] for t in timed)
+        start = sum(t["start_s"] for t in timed)
+        starts = sorted(t["start_s"] for t in timed)
+        print()
+        print(f"start-up: {start / total:.0%} of the recorded trials' time ({len(timed)} trials: "
+              f"start {statistics.median(starts):.0f} s median [{starts[0]:.0f}..{starts[-1]:.0f}]"
+              f", load {statistics.median(t['load_s'] for t in timed):.0f} s, total "
+              f"{statistics.median(t['total_s'] for t in timed):.0f} s per trial)")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,10 @@ every later test of the session, stopped — process group and all — at sessio
                                  concurrent 256+512-token requests cause real preemptions;
                                  OMP bound to core 1
 - ``vllm_specdecode_server``  -> VllmServer: ngram speculative decoding (3 tokens); core 1
+- ``vllm_admission_server``   -> VllmServer: admission control, ``--max-num-seqs 4
+                                 --max-num-queued-reqs 2``: under 24 concurrent requests most
+                                 are refused with 503 (plain, or as an error event in an
+                                 HTTP 200 stream); core 1
 
 ``VllmServer`` has ``url`` (``http://127.0.0.1:PORT``), ``metrics_url``, ``port``, ``model``
 (the name to send in requests), ``log_path`` and ``canary`` (the LocalCanary).
@@ -53,6 +57,8 @@ PREEMPTING_FLAGS: Mapping[str, Any] = {"num-gpu-blocks-override": 24, "max-num-s
                                        "max-model-len": 2048}
 SPECDECODE_CONFIG = {"method": "ngram", "num_speculative_tokens": 3,
                      "prompt_lookup_max": 3, "prompt_lookup_min": 1}
+#: Admission control: at most 2 unfinished requests, so a burst is mostly refused with 503.
+ADMISSION_FLAGS: Mapping[str, Any] = {"max-num-seqs": 4, "max-num-queued-reqs": 2}
 SERVED_NAME = "tiny-llama"
 
 
@@ -171,7 +177,14 @@ def vllm_specdecode_server(tmp_path_factory: pytest.TempPathFactory,
     yield from _serve(tmp_path_factory, "vllm-specdecode", tiny_model_dir, flags, "1")
 
 
-_SERVER_FIXTURES = ("vllm_server", "vllm_preempting_server", "vllm_specdecode_server")
+@pytest.fixture(scope="session")
+def vllm_admission_server(tmp_path_factory: pytest.TempPathFactory,
+                          tiny_model_dir: Path) -> Iterator[VllmServer]:
+    yield from _serve(tmp_path_factory, "vllm-admission", tiny_model_dir, ADMISSION_FLAGS, "1")
+
+
+_SERVER_FIXTURES = ("vllm_server", "vllm_preempting_server", "vllm_specdecode_server",
+                    "vllm_admission_server")
 
 
 @pytest.hookimpl(hookwrapper=True)

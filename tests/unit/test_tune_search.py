@@ -183,13 +183,19 @@ def test_kv_bound_from_the_baseline_capacity_and_the_load() -> None:
     assert not b.allows({**base, "gpu-memory-utilization": 16})
     assert b.allows({**base, "gpu-memory-utilization": 17})
     # at 48 blocks (6,144 tokens) ~19 requests fit at mean occupancy (256 + 64 tokens):
-    # more than ceil(1.25 * 19.2) = 24 slots only preempt; the design covers 2..24
-    assert b.likely["max-num-seqs"] == (2.0, 24.0)
+    # more than ceil(2 * 19.2) = 39 slots only preempt, more than the load's 32 in flight do
+    # nothing; the design covers 2..32
+    assert b.likely["max-num-seqs"] == (2.0, 32.0)
     assert b.likely["gpu-memory-utilization"] == (17.0, 48.0)
     text = "\n".join(b.notes)
     assert "4,096 tokens (32 blocks of 128)" in text and "~10.7 requests at once" in text
     assert "ruled out: --num-gpu-blocks-override below 17" in text
-    assert "unlikely: --max-num-seqs above 24" in text
+    assert "unlikely: --max-num-seqs above 32 (above ~39 the largest KV cache" in text
+    assert "above 32 the load has no more requests in flight" in text
+    small = kv_bound(config(space={"gpu-memory-utilization": {**BLOCKS, "high": 24}}).space,
+                     cfg.baseline_flags, 32 * 128, 128, load, 2048)
+    # (the default max-num-seqs knob, 8..256): 2 * 3072 / 320 = 19.2 -> 20
+    assert small is not None and small.likely["max-num-seqs"] == (8.0, 20.0)
     assert kv_bound(cfg.space, cfg.baseline_flags, math.nan, 128, load, 2048) is None
 
 
@@ -229,7 +235,7 @@ def test_the_plan_designs_inside_the_bound_and_never_launches_a_ruled_out_point(
     tell_history(opt, trials, cfg.space)
     design = design_points(trials, cfg)
     assert len(design) == 5
-    assert all(p["max-num-seqs"] <= 24 and p["gpu-memory-utilization"] >= 17 for p in design)
+    assert all(p["max-num-seqs"] <= 32 and p["gpu-memory-utilization"] >= 17 for p in design)
     seen = []
     while (steps := plan_steps(trials, cfg, opt)) and steps[0].kind == "search":
         (s,) = steps

@@ -59,6 +59,8 @@ class Alerting:
         timeout = min((am.timeout for am in config.alertmanagers), default=10.0)
         self.notifier = Notifier([am.url for am in config.alertmanagers],
                                  http=[am.http for am in config.alertmanagers], timeout=timeout)
+        #: Alerts raised by the daemon itself (the drift check), listed with the rules' alerts.
+        self.external: list[Callable[[], list[AlertState]]] = []
         self._lock = threading.Lock()
         self.evaluations = Counter("tuner_rule_evaluations", "Rule evaluation cycles.",
                                    registry=registry)
@@ -107,7 +109,10 @@ class Alerting:
     def current_alerts(self) -> list[AlertState]:
         """Pending and firing alerts now (the status page's view), read under the job's lock."""
         with self._lock:
-            return self.engine.alerts(include_resolved=False)
+            current = self.engine.alerts(include_resolved=False)
+        for provider in self.external:
+            current = [*current, *provider()]
+        return current
 
     def reload(self) -> bool:
         """Load the rules again; on error keep the last good rules and log why."""
@@ -136,8 +141,7 @@ class _AlertsCollector:
 
         alerts = Metric("tuner_alerts", "Pending and firing alerts, like Prometheus's ALERTS.",
                         "gauge")
-        with self.alerting._lock:  # evaluate() mutates the alert maps
-            current = self.alerting.engine.alerts(include_resolved=False)
+        current = self.alerting.current_alerts()
         for a in current:
             alerts.add_sample("tuner_alerts", {**a.labels, "alertstate": a.state}, 1.0)
         yield alerts

@@ -29,12 +29,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from tuner.config import Config
 from tuner.daemon.alerting import Alerting
+from tuner.daemon.drift import DriftWatch
 from tuner.daemon.triggers import now_dt, suggest_trigger
 from tuner.daemon.tuning import TuningWindow
 from tuner.errors import StoreError, TunerError
 from tuner.exposition import MetricMetadata
 from tuner.ingest import Ingest, IngestReport
-from tuner.promql import QueryLimits
+from tuner.promql import Engine, QueryLimits
 from tuner.scrape import ScrapeOutcome, scrape_all, target_clients
 from tuner.store import Store
 from tuner.web import (
@@ -148,6 +149,13 @@ class Daemon:
             evaluation_interval=config.evaluation_interval, max_concurrency=q.max_concurrency,
             worker_store=self.store.path, clock=clock)
         self.web.add_routes(self.api.routes())
+        self.drift: DriftWatch | None = None
+        if config.drift.enabled:
+            self.drift = DriftWatch(config, Engine(reader=self.store), self.alerting.notifier,
+                                    f"http://{config.listen}", clock)
+            self.alerting.external.append(self.drift.alerts)
+            if self.tuning is not None:
+                self.tuning.live_workload = lambda: self.drift.live_workload if self.drift else None
         self.page = StatusPage(PageSources(config, self.store.path, self.alerting.current_alerts,
                                            self._tuning_progress, clock))
         self.web.add_routes(self.page.routes())
@@ -267,6 +275,16 @@ class Daemon:
                 self.scheduled_suggest,
                 self._suggest_trigger,
                 id="suggest",
+                max_instances=1,
+                coalesce=True,
+            )
+        if self.drift is not None:
+            self.drift.register(self.registry)
+            self.scheduler.add_job(
+                self.drift.check,
+                "interval",
+                seconds=self.config.drift.interval,
+                id="drift",
                 max_instances=1,
                 coalesce=True,
             )

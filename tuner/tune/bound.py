@@ -30,8 +30,9 @@ from tuner.load import LengthDist, LoadSpec
 from tuner.tune.space import Knob, KnobType, Space
 
 MEMORY_FLAGS = ("num-gpu-blocks-override", "kv-cache-memory-bytes", "gpu-memory-utilization")
-#: Headroom over the mean-occupancy KV concurrency before more sequence slots are "unlikely".
-SLOT_HEADROOM = 1.25
+#: Headroom over the mean-occupancy KV concurrency before more sequence slots are "unlikely"
+#: (some preemption is cheap: on vLLM CPU a few more slots than the cache holds can still pay).
+SLOT_HEADROOM = 2.0
 
 
 def mean_length(dist: LengthDist) -> float:
