@@ -720,15 +720,21 @@ def test_server_signals_use_the_production_signal_queries_over_the_trial_window(
                  scale * 4 * i),
                 ("vllm:generation_tokens_total", lab, ts, scale * 128 * 4 * i),
                 ("vllm:kv_cache_usage_perc", lab, ts, 0.1 * (i % 5)),
+                # the API server's counter: no engine label
+                ("vllm:admission_rejections_total", (*lab, ("reason", "max_num_queued_reqs")),
+                 ts, scale * 3 * i),
             ]
     store.append_points(points)
     sig = server_signals(store, "trial-3", t0, t0 + 10_000)
+    assert sig["server_rejections"] == pytest.approx(30.0)
     assert sig["preemptions"] == pytest.approx(20.0)
     assert sig["preemptions_per_1k_requests"] == pytest.approx(500.0)
     assert sig["server_generation_tokens"] == pytest.approx(5120.0)
     assert sig["kv_usage_max"] == pytest.approx(0.4)
     assert sig["kv_usage_mean"] == pytest.approx(2.0 / 11)
     assert math.isnan(sig["spec_decode_acceptance"])  # no speculative decoding exported
+    # a server without admission control metrics: unknown, not zero
+    assert math.isnan(server_signals(store, "trial-5", t0, t0 + 10_000)["server_rejections"])
     store.close()
 
 

@@ -26,7 +26,7 @@ from tuner.canary.launch import (
     build_argv,
     http_ok,
 )
-from tuner.canary.logs import failure_reason, read_tail
+from tuner.canary.logs import failure_reason, read_tail, rejected_flags
 from tuner.errors import CanaryFailed, ConfigError, TunerError
 
 CANARY_LABEL = "tuner.vllm/canary"
@@ -243,9 +243,12 @@ class KubernetesCanary:
                     term = cs.state.terminated if cs.state else None
                     if term is not None:
                         tail = self._save_log()
+                        refused = rejected_flags(tail, term.exit_code)
                         raise CanaryFailed(pod_failure_reason(term.reason, term.exit_code, tail),
                                            f"container {cs.name} terminated: "
-                                           f"{term.reason} (exit {term.exit_code})", tail)
+                                           f"{term.reason} (exit {term.exit_code})"
+                                           + (f"; {refused.explain()}" if refused else ""),
+                                           tail)
                 if pod.status.phase in ("Failed", "Succeeded"):
                     raise CanaryFailed("exit", f"pod phase {pod.status.phase}", self._save_log())
                 ip = pod.status.pod_ip

@@ -27,6 +27,7 @@ _TUNE_CSV_METRICS = (
     "errors",
     "rejections",
     "rejection_rate",
+    "server_rejections",
     "preemptions",
     "preemptions_per_1k_requests",
     "kv_usage_max",

@@ -43,6 +43,7 @@ from tuner.signals import (
     KV_CAPACITY_TOKENS,
     TRIAL_LATENCY_SIGNALS,
     TRIAL_SIGNALS,
+    WINDOW_TOTALS,
     kv_capacity_from_info,
     per_thousand_requests,
     render_signal,
@@ -192,6 +193,9 @@ def server_signals(store: Store, instance: str, start_ms: int, end_ms: int) -> d
         for sig in TRIAL_LATENCY_SIGNALS
     }
     drafts = v["spec_draft_tokens"]
+    # what the server counted as refused (vLLM 0.29+; NaN before): checks the client's count
+    refused = next(sig for sig in WINDOW_TOTALS if sig.name == "admission_rejections")
+    server_rejections = query(render_signal(refused, selector, by="instance", window=window))
     # the info series at mid-window: at its end the retired canary's series are stale
     info = engine.instant(render_signal(KV_CAPACITY_TOKENS, selector, by="instance"),
                           (start_ms + end_ms) / 2000.0).vector
@@ -212,6 +216,7 @@ def server_signals(store: Store, instance: str, start_ms: int, end_ms: int) -> d
             v["spec_accepted_tokens"] / drafts if drafts and drafts > 0 else math.nan
         ),
         "server_generation_tokens": v["output_tokens"],
+        "server_rejections": server_rejections,
     }
 
 
