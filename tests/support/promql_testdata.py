@@ -125,6 +125,11 @@ def parse_test_file(path: Path) -> list[Case]:
             i += 1
             while i < len(lines) and lines[i]:
                 name, values = _split_series_line(lines[i])
+                try:
+                    parse_series(name)
+                    expand_values(values)
+                except ValueError as exc:
+                    raise ValueError(f"{path.name}:{i + 1}: {exc}") from None
                 loaded.append(LoadedSeries(name, values, interval))
                 i += 1
         elif word.startswith("eval"):
