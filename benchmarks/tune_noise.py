@@ -5,6 +5,8 @@ runs of one config, on one server and across restarts, unpinned against pinned, 
   (``VLLM_CPU_OMP_THREADS_BIND=auto``) and no CPU affinity for the server or the load client.
 * pinned: the search's ``cpus: auto`` plan (``tuner.tune.cpus.plan_cpus``): the canary's
   OpenMP threads and process on its core(s), this process (the load client) on the other(s).
+* compute (``--modes`` to include it): only the canary's OpenMP (compute) threads on its
+  core(s); its API server and engine loop free to run anywhere; the load client pinned.
 
 The modes alternate canary by canary (A B B A A B ...) so a machine that gets busier or
 quieter during the benchmark does not favour one. Each canary gets a warm-up and ``--runs``
@@ -86,12 +88,13 @@ def bootstrap_cv(values: Sequence[float], draws: int = 2000, seed: int = 0) -> t
     return float(lo), float(hi)
 
 
-def measure_canary(model: Path, log: Path, pinned: bool, spec: LoadSpec, runs: int,
+def measure_canary(model: Path, log: Path, mode: str, spec: LoadSpec, runs: int,
                    canary_cores: tuple[int, ...], load_cores: tuple[int, ...]) -> list[float]:
-    """Start one canary (pinned or not), warm it up, and return ``runs`` output tok/s."""
+    """Start one canary in ``mode``, warm it up, and return ``runs`` output tok/s."""
     launch = test_launch_spec(model, env={"VLLM_CPU_OMP_THREADS_BIND": "auto"})
+    pinned = mode != "unpinned"
     if pinned:
-        launch = replace(launch, cpus=canary_cores,
+        launch = replace(launch, cpus=canary_cores if mode == "pinned" else (),
                          env={**launch.env, "VLLM_CPU_OMP_THREADS_BIND": cpu_list(canary_cores)})
     canary = LocalCanary(launch, log, health_timeout=900)
     before = current_cpus()
@@ -121,7 +124,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0, help="seconds per run (default 8)")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--modes", default="unpinned,pinned",
+                    help="comma-separated, from unpinned, pinned, compute (default: the first two)")
     args = ap.parse_args()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes or set(modes) - {"unpinned", "pinned", "compute"} or "unpinned" not in modes:
+        ap.error("--modes: a list from unpinned, pinned, compute that includes unpinned")
     install_cleanup_handlers()  # SIGTERM / Ctrl-C stop the running canary
     model = ensure_tiny_model()
     tmp = Path(tempfile.mkdtemp(prefix="tune-noise-"))
@@ -132,14 +140,13 @@ def main() -> None:
     spec = LoadSpec(prompt_tokens=LengthDist("fixed", mean=128),
                     output_tokens=LengthDist("fixed", mean=64), concurrency=args.concurrency,
                     duration=args.seconds, warmup_requests=0, seed=7)
-    runs: dict[str, list[list[float]]] = {"unpinned": [], "pinned": []}
-    order = []
-    for i in range(args.restarts):  # A B B A A B ...
-        pair = ["unpinned", "pinned"] if i % 2 == 0 else ["pinned", "unpinned"]
-        order += pair
+    runs: dict[str, list[list[float]]] = {m: [] for m in modes}
+    order: list[str] = []
+    for i in range(args.restarts):  # A B B A A B ... (rotated for three modes)
+        order += modes if i % 2 == 0 else modes[::-1]
     t0 = time.monotonic()
     for n, mode in enumerate(order):
-        values = measure_canary(model, tmp / f"{n:02d}-{mode}.log", mode == "pinned", spec,
+        values = measure_canary(model, tmp / f"{n:02d}-{mode}.log", mode, spec,
                                 args.runs, plan.canary_cores(0), plan.load)
         runs[mode].append(values)
         print(f"  canary {n + 1}/{len(order)} {mode:>8}: "
@@ -162,11 +169,14 @@ def main() -> None:
         print(f"{mode:>8} {med:12.1f} {statistics.median(within):9.1%} "
               f"({min(within):.1%}..{max(within):.1%}) {across:12.1%} "
               f"(90% bootstrap {lo:.1%}..{hi:.1%})")
-    u, p = figures["unpinned"], figures["pinned"]
-    r1 = float(p["cv_one_server_median"]) / float(u["cv_one_server_median"])  # type: ignore[arg-type]
-    r2 = float(p["cv_across_restarts"]) / float(u["cv_across_restarts"])  # type: ignore[arg-type]
-    print(f"pinned/unpinned CV: one server {r1:.2f}x, across restarts {r2:.2f}x "
-          "(< 1: pinning reduced the noise)")
+    u = figures["unpinned"]
+    for mode in modes[1:]:
+        p = figures[mode]
+        r1 = float(p["cv_one_server_median"]) / float(u["cv_one_server_median"])  # type: ignore[arg-type]
+        r2 = float(p["cv_across_restarts"]) / float(u["cv_across_restarts"])  # type: ignore[arg-type]
+        r3 = float(p["median_tok_s"]) / float(u["median_tok_s"])  # type: ignore[arg-type]
+        print(f"{mode}/unpinned: CV one server {r1:.2f}x, CV across restarts {r2:.2f}x "
+              f"(< 1: less noise); median tok/s {r3:.2f}x")
     figures["plan"] = {"describe": plan.describe(), "cpus": list(current_cpus())}
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")

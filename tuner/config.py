@@ -217,6 +217,39 @@ class TuneWindow:
     out: Path = Path("tune-runs")
 
 
+#: Workload drift (``tuner.drift``): the default threshold in doublings, and its allowed range.
+DRIFT_THRESHOLD = 1.0
+DRIFT_THRESHOLD_RANGE = (0.05, 10.0)
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    """``drift``: compare production's workload with the one the flags were tuned for.
+
+    ``tune_result`` is a ``best.json`` (or a tune output directory holding one); without it the
+    daemon follows the tuning window's latest run (``tune.out``). Drift is checked every
+    ``interval`` over the last ``window``; a window with fewer than ``min_requests`` finished
+    requests is not compared (too little traffic to say).
+    """
+
+    enabled: bool = False
+    tune_result: Path | None = None
+    threshold: float = DRIFT_THRESHOLD
+    window: float = 3600.0
+    interval: float = 300.0
+    min_requests: int = 50
+
+
+@dataclass(frozen=True)
+class QueryConfig:
+    """Limits of the sidecar's Prometheus API (Prometheus's --query.* flags and defaults)."""
+
+    timeout: float = 120.0
+    max_samples: int = 50_000_000
+    max_concurrency: int = 2  # query worker processes (each holds its own interpreter)
+    lookback_delta: float = 300.0
+
+
 @dataclass(frozen=True)
 class Config:
     """The validated configuration of a tuner daemon."""
@@ -237,6 +270,8 @@ class Config:
     launch: Mapping[str, Any] = field(default_factory=dict)
     suggest: SuggestSchedule = field(default_factory=SuggestSchedule)
     tune: TuneWindow = field(default_factory=TuneWindow)
+    query: QueryConfig = field(default_factory=QueryConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
     web_config_file: Path | None = None
     healthz_open: bool = True
     prometheus_http: HTTPClientConfig = DEFAULT_HTTP_CONFIG  # prometheus_http_config
@@ -330,6 +365,8 @@ _TOP_KEYS = {
     "launch": "mapping",
     "suggest": "mapping",
     "tune": "mapping",
+    "query": "mapping",
+    "drift": "mapping",
     "web_config_file": "path of the listener's web config (TLS, basic auth users)",
     "healthz_open": "bool: /healthz answers without credentials",
 }
@@ -341,6 +378,9 @@ _COST_KEYS = {"dollars_per_hour": ""}
 _SUGGEST_KEYS = {"schedule": "", "since": "", "keep": ""}
 _AM_KEYS = {"url": "", "timeout": "", **dict.fromkeys(HTTP_CONFIG_KEYS, "")}
 _TUNE_KEYS = {"config": "", "schedule": "", "trials": "", "out": ""}
+_QUERY_KEYS = {"timeout": "", "max_samples": "", "max_concurrency": "", "lookback_delta": ""}
+_DRIFT_KEYS = {"tune_result": "", "threshold": "", "window": "", "interval": "",
+               "min_requests": ""}
 
 
 def parse_config(data: Any, source: str = "<config>") -> Config:
@@ -452,6 +492,8 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     )
 
     tune = _parse_tune_window(r, top.get("tune"), base_dir)
+    query = _parse_query(r, top.get("query"))
+    drift = _parse_drift(r, top.get("drift"), base_dir, tune)
     web_config = top.get("web_config_file")
     web_config_file = (_relative(base_dir, r.string(web_config, "web_config_file"))
                        if web_config is not None else None)
@@ -476,10 +518,26 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         launch=dict(launch),
         suggest=suggest,
         tune=tune,
+        query=query,
+        drift=drift,
         web_config_file=web_config_file,
         healthz_open=healthz_open,
         prometheus_http=prometheus_http,
     )
+
+
+def _parse_query(r: _Reader, raw: Any) -> QueryConfig:
+    q = r.mapping(raw, "query", _QUERY_KEYS)
+    out = QueryConfig(
+        timeout=r.duration(q.get("timeout", "2m"), "query.timeout"),
+        max_samples=r.positive_int(q.get("max_samples", 50_000_000), "query.max_samples"),
+        max_concurrency=r.positive_int(q.get("max_concurrency", 2), "query.max_concurrency"),
+        lookback_delta=r.duration(q.get("lookback_delta", "5m"), "query.lookback_delta"),
+    )
+    for key in ("timeout", "lookback_delta"):
+        if getattr(out, key) <= 0:
+            raise r.fail(f"query.{key}", "must be greater than 0s")
+    return out
 
 
 def _cron(r: _Reader, value: Any, key: str) -> str:
@@ -509,6 +567,34 @@ def _parse_tune_window(r: _Reader, raw: Any, base_dir: Path) -> TuneWindow:
         schedule=_cron(r, m["schedule"], "tune.schedule"),
         trials=trials,
         out=_relative(base_dir, r.string(m.get("out", "tune-runs"), "tune.out")),
+    )
+
+
+def _parse_drift(r: _Reader, raw: Any, base_dir: Path, tune: TuneWindow) -> DriftConfig:
+    """``drift``; on by default with a tuning window (which it then follows)."""
+    if raw is None:
+        return DriftConfig(enabled=tune.config is not None)
+    m = r.mapping(raw, "drift", _DRIFT_KEYS)
+    result = m.get("tune_result")
+    if result is None and tune.config is None:
+        raise r.fail("drift.tune_result", "is required without a tuning window (tune:): "
+                     "the best.json of the tune run whose workload production is compared with")
+    threshold = r.positive(m.get("threshold", DRIFT_THRESHOLD), "drift.threshold")
+    lo, hi = DRIFT_THRESHOLD_RANGE
+    if not lo <= threshold <= hi:
+        raise r.fail("drift.threshold", f"{threshold:g} is out of range: allowed {lo:g} to "
+                     f"{hi:g} doublings (1.0: a length quantile or the arrival rate doubled "
+                     "or halved)")
+    window = r.duration(m.get("window", "1h"), "drift.window")
+    interval = r.duration(m.get("interval", "5m"), "drift.interval")
+    if window < 60.0:
+        raise r.fail("drift.window", f"{format_duration(window)} is too short: at least 1m")
+    return DriftConfig(
+        enabled=True,
+        tune_result=_relative(base_dir, r.string(result, "drift.tune_result"))
+        if result is not None else None,
+        threshold=threshold, window=window, interval=interval,
+        min_requests=r.positive_int(m.get("min_requests", 50), "drift.min_requests"),
     )
 
 

@@ -364,3 +364,78 @@ def make_client(cfg: HTTPClientConfig = DEFAULT_HTTP_CONFIG, *, timeout: float =
         limits=httpx.Limits(max_connections=max_connections, keepalive_expiry=60),
         trust_env=False,
     )
+
+
+def to_prometheus(cfg: HTTPClientConfig) -> dict[str, Any]:
+    """The record as the fields of a Prometheus ``scrape_config`` / ``alertmanager_config``
+    (file paths only: a secret value is never written)."""
+    out: dict[str, Any] = {}
+    tls: dict[str, Any] = {}
+    for name in ("ca_file", "cert_file", "key_file"):
+        value = getattr(cfg.tls, name)
+        if value is not None:
+            tls[name] = str(value)
+    if cfg.tls.server_name:
+        tls["server_name"] = cfg.tls.server_name
+    if cfg.tls.insecure_skip_verify:
+        tls["insecure_skip_verify"] = True
+    if cfg.tls.min_version is not ssl.TLSVersion.TLSv1_2:
+        tls["min_version"] = "TLS13"
+    if tls:
+        out["tls_config"] = tls
+    if cfg.auth is AuthKind.BASIC:
+        basic: dict[str, str] = {"password_file": str(cfg.secret_file)}
+        if cfg.username_file is not None:
+            basic["username_file"] = str(cfg.username_file)
+        else:
+            basic["username"] = cfg.username or ""
+        out["basic_auth"] = basic
+    elif cfg.auth is AuthKind.AUTHORIZATION:
+        out["authorization"] = {"type": cfg.auth_type, "credentials_file": str(cfg.secret_file)}
+    if cfg.proxy_url:
+        out["proxy_url"] = cfg.proxy_url
+    if cfg.headers:
+        out["http_headers"] = {h.name: {k: v for k, v in (
+            ("values", list(h.values)), ("files", [str(f) for f in h.files])) if v}
+            for h in cfg.headers}
+    if not cfg.follow_redirects:
+        out["follow_redirects"] = False
+    return out
+
+
+def referenced_files(cfg: HTTPClientConfig) -> tuple[Path, ...]:
+    """Every file ``cfg`` reads: CA, client certificate and key, secrets."""
+    tls = tuple(p for p in (cfg.tls.ca_file, cfg.tls.cert_file, cfg.tls.key_file) if p)
+    return tls + cfg.secret_files
+
+
+def make_async_client(cfg: HTTPClientConfig = DEFAULT_HTTP_CONFIG, *,
+                      timeout: httpx.Timeout | float = 10.0, max_connections: int = 16,
+                      keepalive_expiry: float = 60.0,
+                      secrets: SecretFiles = SECRETS) -> httpx.AsyncClient:
+    """The ``httpx.AsyncClient`` for ``cfg`` (the load driver's), like ``make_client``."""
+    return httpx.AsyncClient(
+        verify=tls_context(cfg.tls),
+        auth=_FileAuth(cfg, secrets),
+        proxy=cfg.proxy_url,
+        follow_redirects=cfg.follow_redirects,
+        timeout=timeout,
+        limits=httpx.Limits(max_connections=max_connections,
+                            max_keepalive_connections=max_connections,
+                            keepalive_expiry=keepalive_expiry),
+        trust_env=False,
+    )
+
+
+def health_probe(cfg: HTTPClientConfig = DEFAULT_HTTP_CONFIG,
+                 timeout: float = 2.0) -> Callable[[str], bool]:
+    """``probe(url) -> bool``: whether ``url`` answers 200 under ``cfg`` (a canary's /health)."""
+
+    def probe(url: str) -> bool:
+        try:
+            with make_client(cfg, timeout=timeout, max_connections=1) as client:
+                return client.get(url).status_code == 200
+        except (httpx.HTTPError, SecretFileError):
+            return False
+
+    return probe

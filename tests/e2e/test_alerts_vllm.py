@@ -4,6 +4,9 @@
   requests preempts: ``VllmPreemptionsHigh`` fires in the sidecar and arrives in Alertmanager.
 * ngram speculative decoding on the random-weight model with sampled output accepts almost
   nothing: ``VllmSpecDecodeNotPaying`` fires (mean acceptance length near 1).
+* admission control (``--max-num-seqs 4 --max-num-queued-reqs 2``, the shared
+  ``vllm_admission_server``) under 48 requests 24 at a time refuses most with HTTP 503:
+  ``VllmAdmissionRejectionsHigh`` fires and arrives, and ``tuner status`` shows the rate.
 
 The rules are the shipped rendering with every ``for:`` shortened to 5s (windows stay as
 shipped; ``rate`` over 5m works on the minute of data a test has), so each test takes about
@@ -12,7 +15,10 @@ a minute of load. Run under ``flock /tmp/tuner-vllm.lock``.
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +28,7 @@ import pytest
 
 from tests.support.alertmanager import AlertmanagerProcess
 from tests.support.vllm import VllmServer
-from tuner.config import SLO, parse_config
+from tuner.config import SLO, load_config, parse_config
 from tuner.daemon import Daemon
 from tuner.load import LengthDist, LoadSpec, run_load_sync, summarize
 from tuner.rules import render_rule_files
@@ -130,5 +136,64 @@ def test_spec_decode_alert_fires_on_real_vllm_with_ngram_drafts(
         assert 1.0 <= mean_len < 1.5  # V1 names: mean acceptance length, near 1 here
         fired = _fired(daemon)
         assert not fired & NEVER_ON_A_WORKING_SERVER, fired
+    finally:
+        daemon.stop()
+
+
+def _overload(url: str, model: str, requests: int, concurrency: int) -> dict[int, int]:
+    """Non-streamed completions, ``concurrency`` at a time; HTTP status -> count."""
+    def one(i: int) -> int:
+        body = {"model": model, "prompt": f"request {i}: count to a thousand",
+                "max_tokens": 256, "ignore_eos": True, "temperature": 0}
+        return client.post(f"{url}/v1/completions", json=body).status_code
+
+    with httpx.Client(timeout=300, trust_env=False) as client, \
+            ThreadPoolExecutor(concurrency) as pool:
+        codes = list(pool.map(one, range(requests)))
+    return {c: codes.count(c) for c in set(codes)}
+
+
+def test_admission_rejections_alert_and_status_on_real_vllm(
+    tmp_path: Path, vllm_admission_server: VllmServer, alertmanager: AlertmanagerProcess
+) -> None:
+    server = vllm_admission_server
+    cfg_file = tmp_path / "tuner.yaml"
+    cfg_file.write_text(
+        f"targets:\n  - {{name: vllm-0, url: '{server.metrics_url}', kind: vllm}}\n"
+        f"scrape_interval: 1s\nevaluation_interval: 2s\nlisten: '127.0.0.1:0'\n"
+        f"store: {{path: {tmp_path / 'tuner.db'}, retention: 1h}}\n"
+        f"rule_files: {json.dumps(_short_rules(tmp_path))}\n"
+        f"alertmanagers: [{{url: '{alertmanager.url}'}}]\n")
+    daemon = Daemon(load_config(cfg_file))
+    daemon.start()
+    try:
+        time.sleep(3)
+        assert "VllmAdmissionRejectionsHigh" not in _fired(daemon)
+        codes = _overload(server.url, server.model, requests=48, concurrency=24)
+        assert codes.get(503, 0) >= 24, codes  # most refused at once (46 of 48 when recorded)
+        assert set(codes) <= {200, 503}, codes
+        got = alertmanager.wait_for_alert(
+            lambda a: a["labels"].get("alertname") == "VllmAdmissionRejectionsHigh", timeout=90)
+        labels, desc = got["labels"], got["annotations"]["description"]
+        assert labels["instance"] == "vllm-0" and labels["reason"] == "max_num_queued_reqs"
+        assert labels["model_name"] == server.model and labels["family"] == "admission"
+        per_1000 = float(desc.split(": ")[1].split()[0])
+        refused = 1000 * codes[503] / sum(codes.values())
+        assert abs(per_1000 - refused) <= 50, (per_1000, codes)  # the server's count, not ours
+        assert "--max-num-queued-reqs" in desc
+        # tuner status (the CLI, another process) shows the rejection rate and the 5xx share
+        out = subprocess.run(
+            [sys.executable, "-m", "tuner", "status", "--config", str(cfg_file),
+             "--format", "json"], capture_output=True, text=True, timeout=120, check=True)
+        sig = json.loads(out.stdout)["signals"]["vllm-0"]
+        assert abs(sig["rejections_per_1000"] - refused) <= 50, sig
+        assert sig["http_5xx_ratio"] > 0.4, sig
+        assert sig["kv_capacity_tokens"] == 131072, sig
+        table = subprocess.run(
+            [sys.executable, "-m", "tuner", "status", "--config", str(cfg_file)],
+            capture_output=True, text=True, timeout=120, check=True).stdout
+        assert "rejections_per_1000" in table and f"{sig['rejections_per_1000']:,.1f}" in table
+        fired = _fired(daemon)
+        assert not fired & (NEVER_ON_A_WORKING_SERVER - {"VllmHttpServerErrors"}), fired
     finally:
         daemon.stop()

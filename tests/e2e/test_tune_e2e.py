@@ -195,6 +195,12 @@ def test_search_fails_some_trials_survives_sigterm_resumes_and_best_flags_start(
         assert (out / png).stat().st_size > 5000
     best = json.loads((out / "best.json").read_text())
     assert best["slo_met"] is True and best["flags"]["num-gpu-blocks-override"] >= 17
+    # the workload it was tuned for: the baseline canary's own histograms (96-160 prompt
+    # tokens, 48 output), and no arrival rate (a closed loop says nothing about production's)
+    workload = best["workload"]
+    assert 96 <= workload["prompt_tokens"]["p50"] <= 200, workload["prompt_tokens"]
+    assert 20 <= workload["output_tokens"]["p50"] <= 50, workload["output_tokens"]
+    assert workload["request_rate_per_s"] is None and workload["requests"] > 0
 
     # -- the flags in best.json start a server ------------------------------------------------
     spec = LaunchSpec(model=str(tiny_model_dir), flags=best["flags"],

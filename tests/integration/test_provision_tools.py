@@ -43,7 +43,7 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "kubernetes"
 K8S_VERSION = "1.37.0"
-BUILDS = ["base", "overlays/h100", "overlays/l4", "overlays/pvc"]
+BUILDS = ["base", "overlays/h100", "overlays/l4", "overlays/pvc", "overlays/secured"]
 CRD_MODELS: dict[str, Any] = {"ServiceMonitor": promop.ServiceMonitor,
                               "PrometheusRule": promop.PrometheusRule}
 CONFIG = """
@@ -109,7 +109,9 @@ def test_kustomize_output_validates_strictly(builds: dict[str, list[dict[str, An
 
 def test_every_manifest_file_validates_on_its_own() -> None:
     files = [p for p in K8S.rglob("*.yaml") if p.name not in ("kustomization.yaml", "tuner.yaml")]
-    patches = {"gpu.yaml", "store-on-pvc.yaml"}  # partial objects by design (strategic merge)
+    # partial objects by design (strategic merge, JSON 6902)
+    patches = {"gpu.yaml", "store-on-pvc.yaml", "secured-deployment.yaml",
+               "secured-servicemonitor.yaml"}
     checked = 0
     for path in files:
         for doc in yaml.safe_load_all(path.read_text()):

@@ -230,3 +230,39 @@ def test_alerts_reach_an_alertmanager_behind_tls_and_basic_auth(
     assert [a["labels"]["alertname"] for a in alerts] == ["TunerSecuredDelivery"]
     with make_client(_client_config(tmp_path, bad)) as c:
         assert c.get(f"{url}/api/v2/alerts").status_code == 401
+
+
+def test_provisioned_prometheus_config_with_secured_clients_passes_promtool(
+        pki: PKI, tmp_path: Path) -> None:
+    from tuner.provision import provision
+
+    (tmp_path / "pw").write_text(TUNER_PASSWORD)
+    cfg = parse_config({
+        "targets": [{"name": "v", "url": "https://127.0.0.1:8443/metrics",
+                     "tls_config": {"ca_file": str(pki.ca), "cert_file": str(pki.crt("client")),
+                                    "key_file": str(pki.key("client"))},
+                     "basic_auth": {"username": "u", "password_file": "pw"}}],
+        "alertmanagers": [{"url": "https://127.0.0.1:9093", "bearer_token_file": "pw",
+                           "tls_config": {"ca_file": str(pki.ca)}}],
+    }, str(tmp_path / "tuner.yaml"))
+    out = tmp_path / "out"
+    provision(cfg, out)
+    check = subprocess.run(["promtool", "check", "config", "--syntax-only",
+                            str(out / "prometheus/prometheus.yml")],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    text = (out / "prometheus/prometheus.yml").read_text()
+    assert "password_file" in text and TUNER_PASSWORD not in text
+    patch = out / "kubernetes/secret-mounts.yaml"
+    (tmp_path / "k").mkdir()
+    (tmp_path / "k/kustomization.yaml").write_text(yaml.safe_dump({
+        "resources": [os.path.relpath(Path(__file__).resolve().parents[2] / "deploy/kubernetes/base",
+                                      tmp_path / "k")],
+        "patches": [{"path": "secret-mounts.yaml"}]}))
+    (tmp_path / "k/secret-mounts.yaml").write_text(patch.read_text())
+    built = subprocess.run(["kubectl", "kustomize", str(tmp_path / "k")], capture_output=True,
+                           text=True, timeout=120)
+    assert built.returncode == 0, built.stderr
+    [dep] = [d for d in yaml.safe_load_all(built.stdout) if d and d["kind"] == "Deployment"]
+    [tuner] = [c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == "tuner"]
+    assert str(pki.dir) in {m["mountPath"] for m in tuner["volumeMounts"]}

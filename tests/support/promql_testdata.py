@@ -9,7 +9,7 @@ empties the storage. ``#`` lines are comments (and, being blank once stripped, e
 ``parse_test_file`` turns one file into ``Case`` records, one per ``eval``, each carrying the
 series every ``load`` since the last ``clear`` defined. ``unit_test_yaml`` writes a case as a
 promtool rule unit-test file (``rule_files: []``, one test group, one ``promql_expr_test``):
-the series with the loads' common interval (with several intervals, the greatest common divisor,
+the series some selector of the expression reads, with the loads' common interval (with several intervals, the greatest common divisor,
 and every value spelled out on that grid), the expected samples as ``exp_samples`` (a scalar as
 ``labels: '{}'``). ``eval_fail`` cases are written too, marked ``expect_fail``: promtool
 reports them as failures, which is what they should do; ``eval_ordered`` loses its ordering
@@ -27,14 +27,16 @@ import math
 import re
 import struct
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
 import yaml
 
 from tuner.config import format_duration, parse_duration_ms
-from tuner.rules.promtool_tests import expand_values
+from tuner.errors import QueryError
+from tuner.promql import parse_expr, selectors
+from tuner.rules.promtool_tests import expand_values, parse_series
 from tuner.store import STALE_NAN
 
 REPO = Path(__file__).resolve().parents[2]
@@ -123,6 +125,11 @@ def parse_test_file(path: Path) -> list[Case]:
             i += 1
             while i < len(lines) and lines[i]:
                 name, values = _split_series_line(lines[i])
+                try:
+                    parse_series(name)
+                    expand_values(values)
+                except ValueError as exc:
+                    raise ValueError(f"{path.name}:{i + 1}: {exc}") from None
                 loaded.append(LoadedSeries(name, values, interval))
                 i += 1
         elif word.startswith("eval"):
@@ -180,8 +187,29 @@ def _is_stale(v: float) -> bool:
     return struct.pack("<d", v) == struct.pack("<d", STALE_NAN)
 
 
+def _series_read(case: Case) -> tuple[LoadedSeries, ...]:
+    """The loaded series some selector of the case's expression matches (all if unparsable).
+
+    Series no selector matches cannot change the result; leaving them out keeps one load
+    interval in most blocks, so no series has to be spelled out on a finer grid.
+    """
+    try:
+        sels = selectors(parse_expr(case.expr))
+    except QueryError:
+        return case.series
+    matchers = [getattr(s, "selector", s).matchers for s in sels]
+    out = []
+    for s in case.series:
+        name, labels = parse_series(s.series)
+        labels["__name__"] = name
+        if any(all(m.matches(labels.get(m.name, "")) for m in ms) for ms in matchers):
+            out.append(s)
+    return tuple(out)
+
+
 def unit_test_yaml(case: Case) -> str:
     """The case as a promtool rule unit-test file."""
+    case = replace(case, series=_series_read(case))
     intervals = {s.interval_ms for s in case.series}
     grid = math.gcd(*intervals) if intervals else 60_000
     if len(intervals) <= 1:

@@ -107,7 +107,8 @@ def test_page_and_routes_over_a_real_store(filled: Any) -> None:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
         assert 'data-target="vllm-0"' in r.text and 'data-instance="gpu-node"' in r.text
         assert r.text.count("<polyline") >= 5
-        assert httpx.get(url + "/nope", trust_env=False).status_code == 404
+        nope = httpx.get(url + "/nope", trust_env=False)
+        assert nope.status_code == 404 and "not found: /nope (try /, /ui/tune/)" in nope.text
         for bad in ("/ui/tune/x/report.md", "/ui/tune/../tuner.db", "/ui/tune/..%2F/a.png",
                     "/ui/tune/nope/convergence.png"):
             assert httpx.get(url + bad, trust_env=False).status_code == 404, bad

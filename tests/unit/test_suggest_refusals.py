@@ -18,6 +18,7 @@ import pytest
 from tests.support.history import BUSY, Regime, Scenario, build_store, day_start
 from tests.unit.test_suggest_rules import STEP, steps, storm, view
 from tuner.config import parse_config
+from tuner.report import render_suggest_markdown, render_suggest_table
 from tuner.source import LocalSource
 from tuner.suggest import (
     CurrentSource,
@@ -257,6 +258,33 @@ def test_report_over_a_store_with_refusals_a_counter_reset_and_an_unknown_reason
     assert [e["finding"] for e in r["evidence"]] == ["admission_rejections"]
     assert not any(x["direction"] == "none" for x in report["recommendations"])
     assert "request_errors" not in f  # the 5xx are the refusals
+    table, md = render_suggest_table(report), render_suggest_markdown(report)
+    assert "--max-num-queued-reqs" in table and "2 → 8 ↑" in table
+    assert "**`--max-num-queued-reqs`**: 2 → 8 ↑" in md and "No change" not in md
+
+
+def test_replicas_investigate_and_alternatives_render_in_table_and_markdown() -> None:
+    cases = {"at capacity": refusing(kv=0.97, running=4.0),
+             "unknown headroom": refusing(launch={}, kv=math.nan),
+             "storm": storm(launch={"max-num-seqs": 256})}
+    for name, v in cases.items():
+        a = analyze_view(v)
+        fmap = {x.id: x for x in a.findings}
+        target = {"instance": "vllm-0"}
+        report = {"window": {"start": "s", "end": "e", "since": "1h", "step_seconds": 60.0},
+                  "source": "test", "partial": False, "targets": [{"labels": target}],
+                  "findings": [{"target": target, **x.to_json()} for x in a.findings],
+                  "recommendations": [{"target": target, **r.to_json(fmap)}
+                                      for r in a.recommendations], "conflicts": []}
+        table, md = render_suggest_table(report), render_suggest_markdown(report)
+        if name == "at capacity":
+            assert "add replicas" in table and "**add replicas**: add replicas" in md
+        elif name == "unknown headroom":
+            assert "investigate" in table and "**investigate**: investigate" in md
+            assert "No change" not in md
+        else:
+            assert "Alternative: --max-num-active-seqs" in table
+            assert "Alternative: --max-num-active-seqs" in md
 
 
 def test_report_without_http_requests_total_is_partial_and_says_so(tmp_path: Path) -> None:

@@ -720,15 +720,21 @@ def test_server_signals_use_the_production_signal_queries_over_the_trial_window(
                  scale * 4 * i),
                 ("vllm:generation_tokens_total", lab, ts, scale * 128 * 4 * i),
                 ("vllm:kv_cache_usage_perc", lab, ts, 0.1 * (i % 5)),
+                # the API server's counter: no engine label
+                ("vllm:admission_rejections_total", (*lab, ("reason", "max_num_queued_reqs")),
+                 ts, scale * 3 * i),
             ]
     store.append_points(points)
     sig = server_signals(store, "trial-3", t0, t0 + 10_000)
+    assert sig["server_rejections"] == pytest.approx(30.0)
     assert sig["preemptions"] == pytest.approx(20.0)
     assert sig["preemptions_per_1k_requests"] == pytest.approx(500.0)
     assert sig["server_generation_tokens"] == pytest.approx(5120.0)
     assert sig["kv_usage_max"] == pytest.approx(0.4)
     assert sig["kv_usage_mean"] == pytest.approx(2.0 / 11)
     assert math.isnan(sig["spec_decode_acceptance"])  # no speculative decoding exported
+    # a server without admission control metrics: unknown, not zero
+    assert math.isnan(server_signals(store, "trial-5", t0, t0 + 10_000)["server_rejections"])
     store.close()
 
 
@@ -811,3 +817,47 @@ def test_report_names_the_source_of_every_latency_figure() -> None:
            "**client**" in md
     assert "| TTFT p99 | server: vllm:time_to_first_token_seconds |" in md
     assert "| ITL p99 (per chunk) | client: gap / tokens in the chunk |" in md
+
+
+def test_refusals_do_not_fail_a_run_but_a_run_where_nothing_succeeded_does(
+        tmp_path: Path) -> None:
+    """``load.max_error_rate`` is about broken runs: 503 refusals are the server shedding
+    load (scored against the SLO's error rate); other errors, or no success at all, fail it."""
+    import threading
+
+    import httpx
+
+    from tuner.canary import LaunchSpec, LocalCanary
+    from tuner.load import LengthDist, LoadResult, LoadSpec, RequestRecord
+    from tuner.store import Store
+    from tuner.tune.trial import TrialContext, TrialRun, _evaluate
+
+    def rec(ok: bool, rejected: bool = False) -> RequestRecord:
+        return RequestRecord(ok=ok, error="" if ok else ("http 503: full" if rejected else
+                                                        "http 500: boom"),
+                             prompt_tokens=8, output_tokens=4 if ok else 0,
+                             ttft=0.1 if ok else math.nan, itls=(0.01,) * 3 if ok else (),
+                             e2e=0.2, start=100.0, rejected=rejected)
+
+    cfg = config()  # load.max_error_rate 0.2
+    spec = LoadSpec(prompt_tokens=LengthDist("fixed", mean=8),
+                    output_tokens=LengthDist("fixed", mean=4), concurrency=2)
+    canary = LocalCanary(LaunchSpec(model="m"), tmp_path / "never-started.log")
+    with Store(tmp_path / "s.db") as store, httpx.Client() as client:
+        ctx = TrialContext(cfg, store, tmp_path, client, spec, threading.Event())
+
+        def evaluate(*records: RequestRecord) -> TrialRun:
+            run = TrialRun([])
+            _evaluate(ctx, canary, run, LoadResult(records, 100.0, 110.0), "trial-0", 0, 1)
+            return run
+
+        shed = evaluate(*(rec(False, True) for _ in range(46)), rec(True), rec(True))
+        assert shed.reason == "" and shed.measurement is not None
+        assert shed.measurement.rejections == 46 and shed.measurement.errors == 0
+        refused_all = evaluate(*(rec(False, True) for _ in range(8)))
+        assert refused_all.reason == "load_errors"
+        assert refused_all.log_tail.startswith(
+            "0/8 requests failed and 8/8 were rejected with 503") and "0 succeeded" in \
+            refused_all.log_tail
+        broken = evaluate(rec(True), rec(True), rec(False), rec(False, True))
+        assert broken.reason == "load_errors"  # 1 of 4 other errors: 25% > 20%

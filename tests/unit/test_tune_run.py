@@ -94,3 +94,33 @@ def test_workload_fingerprint_as_the_load(tmp_path: Path) -> None:
     bad = write_config(tmp_path, load={"workload": "missing.json"})
     with pytest.raises(Exception, match=r"load.workload: cannot read workload fingerprint"):
         load_tune_config(bad)
+
+
+def test_the_search_pins_its_canary_and_says_how_once(tmp_path: Path) -> None:
+    """A real child started by the search reports its CPU mask and OpenMP binding: the canary
+    runs on the plan's canary cores; the tuner process is back on its old mask afterwards."""
+    import os
+
+    from tuner.errors import TuneError
+    from tuner.tune import TuneCounters, TuneOptions, load_tune_config, run_tune
+    from tuner.tune.cpus import CpuRequest, cpu_list, current_cpus, plan_cpus
+
+    script = ("import os, sys; print('mask', sorted(os.sched_getaffinity(0)), 'omp', "
+              "os.environ.get('VLLM_CPU_OMP_THREADS_BIND')); sys.exit(3)")
+    path = write_config(tmp_path, launch={"command": [sys.executable, "-c", script],
+                                          "model": "/models/none"})
+    cfg = load_tune_config(path)
+    before = os.sched_getaffinity(0)
+    counters = TuneCounters(cfg.objective)
+    with pytest.raises(TuneError, match="baseline"):
+        run_tune(cfg, TuneOptions(out=tmp_path / "out"), observers=[counters],
+                 install_signals=False)
+    assert os.sched_getaffinity(0) == before
+    plan = plan_cpus(CpuRequest(), current_cpus())
+    assert counters.notes[:1] == [plan.describe()]  # said once, before the first trial
+    (baseline,) = load_trials(tmp_path / "out")
+    if plan.pinned:
+        cores = list(plan.canary_cores(0))
+        assert f"mask {cores} omp {cpu_list(cores)}" in baseline.log_tail
+    else:  # one core here: said, and nothing pinned
+        assert "unpinned" in counters.notes[0] and "omp None" in baseline.log_tail

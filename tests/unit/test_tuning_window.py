@@ -95,3 +95,28 @@ def test_bad_tuning_window_refuses_to_start(tmp_path: Path, tune: dict[str, obje
     with pytest.raises(ConfigError, match=message):
         Daemon(daemon_config(tmp_path, tune))
     assert not (tmp_path / "tuner.db").exists()  # refused before the store was opened
+
+
+def test_after_drift_the_next_window_tunes_against_the_live_workload(tmp_path: Path) -> None:
+    import json
+
+    cfg = daemon_config(tmp_path, {"config": "tune.yaml", "schedule": "0 3 * * *",
+                                   "trials": 2, "out": "runs"})
+    assert cfg.drift.enabled  # a tuning window turns the drift check on (following its runs)
+    daemon = Daemon(cfg)
+    daemon.start()
+    try:
+        assert daemon.tuning is not None and daemon.drift is not None
+        assert daemon.tuning.run_once() is not None  # no drift: the tune config's own load
+        assert daemon.tuning.last_tune_config.load["prompt_tokens"] == 32
+        live = {"prompt_tokens": {"buckets": [{"lo": 1000, "hi": 2000, "p": 1.0}]},
+                "output_tokens": {"buckets": [{"lo": 10, "hi": 20, "p": 1.0}]},
+                "request_rate_per_s": 3.0}
+        daemon.tuning.live_workload = lambda: live  # what the drift check hands over
+        out = daemon.tuning.run_once()
+        assert out is not None and json.loads((out / "workload.json").read_text()) == live
+        load = daemon.tuning.last_tune_config.load
+        assert load == {"concurrency": 2, "duration": 1, "workload": str(out / "workload.json")}
+        assert "drifted" in daemon.tuning.last_workload
+    finally:
+        daemon.stop()

@@ -14,7 +14,7 @@ from tuner.config import Config
 from tuner.errors import TunerError
 from tuner.notify import Notifier
 from tuner.promql import Engine, Querier
-from tuner.rules import AlertState, RuleEngine, load_configured_rules
+from tuner.rules import AlertState, RuleEngine, RuleStatus, load_configured_rules
 from tuner.store import Store
 
 log = logging.getLogger("tuner.daemon")
@@ -59,6 +59,8 @@ class Alerting:
         timeout = min((am.timeout for am in config.alertmanagers), default=10.0)
         self.notifier = Notifier([am.url for am in config.alertmanagers],
                                  http=[am.http for am in config.alertmanagers], timeout=timeout)
+        #: Alerts raised by the daemon itself (the drift check), listed with the rules' alerts.
+        self.external: list[Callable[[], list[AlertState]]] = []
         self._lock = threading.Lock()
         self.evaluations = Counter("tuner_rule_evaluations", "Rule evaluation cycles.",
                                    registry=registry)
@@ -99,10 +101,18 @@ class Alerting:
             self.notifier.send(report.to_send)
             self.duration.set(time.monotonic() - start)
 
+    def rule_statuses(self) -> list[RuleStatus]:
+        """Every rule's health and alerts, for ``/api/v1/rules`` and ``/api/v1/alerts``."""
+        with self._lock:  # evaluate() mutates the rule states
+            return self.engine.rule_statuses()
+
     def current_alerts(self) -> list[AlertState]:
         """Pending and firing alerts now (the status page's view), read under the job's lock."""
         with self._lock:
-            return self.engine.alerts(include_resolved=False)
+            current = self.engine.alerts(include_resolved=False)
+        for provider in self.external:
+            current = [*current, *provider()]
+        return current
 
     def reload(self) -> bool:
         """Load the rules again; on error keep the last good rules and log why."""
@@ -131,8 +141,7 @@ class _AlertsCollector:
 
         alerts = Metric("tuner_alerts", "Pending and firing alerts, like Prometheus's ALERTS.",
                         "gauge")
-        with self.alerting._lock:  # evaluate() mutates the alert maps
-            current = self.alerting.engine.alerts(include_resolved=False)
+        current = self.alerting.current_alerts()
         for a in current:
             alerts.add_sample("tuner_alerts", {**a.labels, "alertstate": a.state}, 1.0)
         yield alerts

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,15 @@ from tuner.daemon.triggers import cron_trigger
 from tuner.web import TuningProgress
 
 log = logging.getLogger("tuner.daemon")
+#: Load keys that describe the traffic; a drifted run takes them from the live fingerprint and
+#: keeps the rest (duration, caps, seed, timeouts) from the tune config.
+_TRAFFIC_KEYS = ("prompt_tokens", "output_tokens", "request_rate", "prefix_share", "workload")
+
+
+def drifted_load(load: Mapping[str, Any], workload_file: Path) -> dict[str, Any]:
+    """The tune config's load section, with the traffic taken from ``workload_file``."""
+    kept = {k: v for k, v in load.items() if k not in _TRAFFIC_KEYS}
+    return {**kept, "workload": str(workload_file)}
 
 
 class TuningWindow:
@@ -40,6 +52,11 @@ class TuningWindow:
         self.runs: dict[str, int] = {"ok": 0, "failed": 0, "interrupted": 0}
         self.last_run: float | None = None
         self.last_out: Path | None = None
+        #: The live fingerprint when production has drifted (set by the daemon's drift check);
+        #: the next run then tunes against it instead of the tune config's load.
+        self.live_workload: Callable[[], Mapping[str, Any] | None] = lambda: None
+        self.last_workload: str = "tune config"
+        self.last_tune_config = self.tune_config  # what the last run searched with
 
     def register(self, registry: CollectorRegistry) -> None:
         registry.register(_TuneCollector(self))
@@ -58,9 +75,27 @@ class TuningWindow:
         out = self.window.out / stamp.strftime("%Y%m%dT%H%M%SZ")
         self.last_out = out
         options = TuneOptions(out=out, trials=self.window.trials)
+        cfg = self.tune_config
+        live = self.live_workload()
+        try:
+            if live is not None:
+                out.mkdir(parents=True, exist_ok=True)
+                workload_file = out / "workload.json"
+                workload_file.write_text(json.dumps(dict(live), indent=2, sort_keys=True) + "\n")
+                cfg = replace(cfg, load=drifted_load(cfg.load, workload_file))
+                self.last_workload = f"live workload (drifted), {workload_file}"
+                log.info("tuning window: production has drifted; tuning against the live "
+                         "workload in %s", workload_file)
+            else:
+                self.last_workload = "tune config"
+        except OSError as exc:
+            self.runs["failed"] += 1
+            log.error("tuning window: cannot write the live workload into %s: %s", out, exc)
+            return out
+        self.last_tune_config = cfg
         log.info("tuning window: search into %s", out)
         try:
-            outcome = run_tune(self.tune_config, options, observers=[self.counters],
+            outcome = run_tune(cfg, options, observers=[self.counters],
                                install_signals=False, stop=self._run_stop)
             write_tune_outputs(outcome, out)
         except TuneInterrupted:

@@ -27,6 +27,7 @@ _TUNE_CSV_METRICS = (
     "errors",
     "rejections",
     "rejection_rate",
+    "server_rejections",
     "preemptions",
     "preemptions_per_1k_requests",
     "kv_usage_max",
@@ -138,6 +139,7 @@ def tune_best_json(outcome: TuneOutcome) -> dict[str, Any]:
         "best_infeasible": [_cand_json(c) for c in outcome.best_infeasible],
         "trials": len(outcome.trials),
         "complete": outcome.complete,
+        "workload": dict(outcome.workload) if outcome.workload is not None else None,
     }
 
 

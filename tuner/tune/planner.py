@@ -335,6 +335,9 @@ class TuneOutcome:
     trial_s: float = 0.0
     startup_s: float = 0.0
     saved_s: float = 0.0
+    #: The workload fingerprint the search was tuned for (``tuner.tune.fingerprint``); None
+    #: when no baseline trial was measured. The daemon's drift check compares production with it.
+    workload: Mapping[str, Any] | None = None
 
     @property
     def slo_met(self) -> bool:

@@ -114,6 +114,8 @@ class Measurement(LoadSummary):
     kv_usage_mean: float = math.nan
     spec_decode_acceptance: float = math.nan
     server_generation_tokens: float = math.nan
+    #: Admission rejections the canary itself counted (vllm:admission_rejections_total).
+    server_rejections: float = math.nan
     #: The canary's KV cache (``vllm:cache_config_info``): tokens and block size.
     kv_capacity_tokens: float = math.nan
     kv_block_size: float = math.nan

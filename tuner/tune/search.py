@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from tuner.canary import CanaryBackend, stop_all_canaries
 from tuner.errors import StoreError, TuneError, TuneInterrupted
+from tuner.promql import Engine
 from tuner.scrape import make_client
 from tuner.store import Store
 from tuner.tune.config import Objective, TuneConfig
@@ -33,6 +34,7 @@ from tuner.tune.cpus import (
     probe_plan,
     set_process_cpus,
 )
+from tuner.tune.fingerprint import tuned_workload
 from tuner.tune.optimizer import make_optimizer, tell_history, told_history
 from tuner.tune.parse_load import build_load_spec
 from tuner.tune.planner import Step, TuneOutcome, plan_steps, planned_total, summarize_search
@@ -263,7 +265,8 @@ def run_tune(
     if install_signals and threading.current_thread() is threading.main_thread():
         for s in (signal.SIGTERM, signal.SIGINT):
             previous[s] = signal.signal(s, on_signal)
-    client = make_client(max_connections=8)  # scrapes the canaries, as the daemon does
+    # scrapes the canaries, as the daemon does (with their TLS and credentials, if any)
+    client = make_client(max_connections=8, http=cfg.canary.http)
     cpu_plan = search_cpu_plan(cfg, options.parallel)
     for ob in observers:
         ob.search_note(cpu_plan.describe())
@@ -304,6 +307,8 @@ def run_tune(
                 optimizer.tell(xs, ys)
             if stop.is_set():
                 raise TuneInterrupted(received[0] if received else signal.SIGTERM, "interrupted")
+        ctx.ingest.flush()
+        workload = tuned_workload(Engine(reader=log.store), trials, ctx.load_spec, cfg.load)
     except TuneInterrupted as exc:
         stop.set()
         stop_all_canaries()
@@ -324,4 +329,5 @@ def run_tune(
             signal.signal(signum, handler)
         ctx.ingest.flush()  # scrapes a locked store could not take yet
         log.close()
-    return summarize_search(cfg, trials, complete=True, load=ctx.load_spec)
+    return replace(summarize_search(cfg, trials, complete=True, load=ctx.load_spec),
+                   workload=workload)

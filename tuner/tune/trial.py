@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from tuner.canary import Canary, CanaryBackend, CanaryHandle, KubernetesCanary, LocalCanary
 from tuner.config import Target
 from tuner.errors import CanaryFailed, TunerError
+from tuner.httpconfig import health_probe
 from tuner.ingest import Ingest
 from tuner.load import (
     LoadResult,
@@ -43,6 +44,7 @@ from tuner.signals import (
     KV_CAPACITY_TOKENS,
     TRIAL_LATENCY_SIGNALS,
     TRIAL_SIGNALS,
+    WINDOW_TOTALS,
     kv_capacity_from_info,
     per_thousand_requests,
     render_signal,
@@ -112,6 +114,8 @@ def canary_for(ctx: TrialContext, number: int, flags: Mapping[str, Any], slot: i
             log_path,
             namespace=cfg.canary.namespace,
             health_timeout=cfg.canary.health_timeout,
+            http_ok=health_probe(cfg.canary.http),
+            scheme=cfg.canary.scheme,
         )
     return LocalCanary(spec, log_path, health_timeout=cfg.canary.health_timeout)
 
@@ -192,6 +196,9 @@ def server_signals(store: Store, instance: str, start_ms: int, end_ms: int) -> d
         for sig in TRIAL_LATENCY_SIGNALS
     }
     drafts = v["spec_draft_tokens"]
+    # what the server counted as refused (vLLM 0.29+; NaN before): checks the client's count
+    refused = next(sig for sig in WINDOW_TOTALS if sig.name == "admission_rejections")
+    server_rejections = query(render_signal(refused, selector, by="instance", window=window))
     # the info series at mid-window: at its end the retired canary's series are stale
     info = engine.instant(render_signal(KV_CAPACITY_TOKENS, selector, by="instance"),
                           (start_ms + end_ms) / 2000.0).vector
@@ -212,6 +219,7 @@ def server_signals(store: Store, instance: str, start_ms: int, end_ms: int) -> d
             v["spec_accepted_tokens"] / drafts if drafts and drafts > 0 else math.nan
         ),
         "server_generation_tokens": v["output_tokens"],
+        "server_rejections": server_rejections,
     }
 
 
@@ -332,7 +340,8 @@ def measure_canary(ctx: TrialContext, canary: Canary, handle: CanaryHandle, numb
     should_stop = _stopper(early_stop, ctx.load_spec, scraper, run)
     try:
         result = run_load_sync(handle.url, cfg.launch.served_model_name or cfg.launch.model,
-                               ctx.load_spec, should_stop=should_stop)
+                               ctx.load_spec, should_stop=should_stop,
+                               http_config=cfg.canary.http)
         load_error = ""
     except TunerError as exc:
         result, load_error = None, str(exc)

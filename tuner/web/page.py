@@ -131,9 +131,7 @@ class StatusPage:
 
     # -- the page -------------------------------------------------------------------------
 
-    def index(self, request: Request) -> Response:
-        if request.path != "/":  # "/" is a prefix route in the table; only "/" is the page
-            return text_response(404, f"not found: {request.path} (the status page is /)\n")
+    def index(self, _request: Request) -> Response:
         with self._lock:
             now = self.sources.clock()
             if self._cached is not None and now - self._cached[0] < self.cache_seconds:

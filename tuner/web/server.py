@@ -80,14 +80,19 @@ Handler = Callable[[Request], Response]
 
 @dataclass(frozen=True)
 class Route:
-    """A path (a prefix when it ends in ``/``) and the methods its handler answers."""
+    """A path (a prefix when it ends in ``/``, but ``/`` is exact) and the methods it answers."""
 
     path: str
     handler: Handler
     methods: tuple[str, ...] = ("GET",)
 
+    @property
+    def is_prefix(self) -> bool:
+        """A path ending in ``/`` is a prefix, except ``/`` itself (the status page)."""
+        return self.path.endswith("/") and self.path != "/"
+
     def matches(self, path: str) -> bool:
-        return path.startswith(self.path) if self.path.endswith("/") else path == self.path
+        return path.startswith(self.path) if self.is_prefix else path == self.path
 
 
 def find_route(routes: Sequence[Route], path: str) -> Route | None:
@@ -95,7 +100,7 @@ def find_route(routes: Sequence[Route], path: str) -> Route | None:
     exact = [r for r in routes if r.path == path]
     if exact:
         return exact[0]
-    prefixes = [r for r in routes if r.path.endswith("/") and path.startswith(r.path)]
+    prefixes = [r for r in routes if r.is_prefix and path.startswith(r.path)]
     return max(prefixes, key=lambda r: len(r.path), default=None)
 
 
