@@ -145,8 +145,6 @@ def main() -> None:
     over: dict[str, Any] = {"initial_points": args.initial_points,
                             "initial_design": args.design}
     opt_cfg = replace(base_cfg.optimizer, **{k: v for k, v in over.items() if v is not None})
-    if "initial_points" not in {k for k, v in over.items() if v is not None}:
-        opt_cfg = replace(opt_cfg, initial_points=max(opt_cfg.initial_points, 2 * len(flags)))
     cfg = replace(base_cfg, space=space, optimizer=opt_cfg,
                   budget=replace(base_cfg.budget, trials=MAX_TRIALS))
 
