@@ -16,7 +16,7 @@ from dataclasses import replace
 from functools import lru_cache
 
 from tuner.errors import QueryError
-from tuner.promql.lexer import LABEL_NAME_RE, Token, TokenKind, lex
+from tuner.promql.lexer import LABEL_NAME_RE, Token, TokenKind, go_regexp, lex
 from tuner.promql.syntax import (
     AGGREGATORS,
     COMPARISONS,
@@ -350,13 +350,15 @@ class _Parser:
                 if vt.kind != TokenKind.STRING:
                     raise self.error("expected a quoted string as label value", vt)
                 assert isinstance(vt.value, str)
+                value = vt.value
                 if op.text in ("=~", "!~"):
+                    value = go_regexp(value)
                     try:
-                        re.compile(vt.value)
+                        re.compile(value)
                     except re.error as exc:
                         raise self.error(f"invalid regular expression {vt.value!r}: {exc}",
                                          vt) from None
-                matchers.append(Matcher(lt.text, op.text, vt.value))
+                matchers.append(Matcher(lt.text, op.text, value))
                 if not self.at_op(","):
                     break
                 self.next()
@@ -409,7 +411,7 @@ class _Parser:
             rx = unparen(args[4])
             assert isinstance(rx, StringLiteral)
             try:
-                re.compile(rx.value)
+                re.compile(go_regexp(rx.value))
             except re.error as exc:
                 raise self.error(f"invalid regular expression in label_replace(): {rx.value}: "
                                  f"{exc}", t) from None
