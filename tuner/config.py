@@ -144,6 +144,16 @@ class DriftConfig:
 
 
 @dataclass(frozen=True)
+class QueryConfig:
+    """Limits of the sidecar's Prometheus API (Prometheus's --query.* flags and defaults)."""
+
+    timeout: float = 120.0
+    max_samples: int = 50_000_000
+    max_concurrency: int = 2  # query worker processes (each holds its own interpreter)
+    lookback_delta: float = 300.0
+
+
+@dataclass(frozen=True)
 class Config:
     """The validated configuration of a tuner daemon."""
 
@@ -163,6 +173,7 @@ class Config:
     launch: Mapping[str, Any] = field(default_factory=dict)
     suggest: SuggestSchedule = field(default_factory=SuggestSchedule)
     tune: TuneWindow = field(default_factory=TuneWindow)
+    query: QueryConfig = field(default_factory=QueryConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
     web_config_file: Path | None = None
     healthz_open: bool = True
@@ -249,6 +260,7 @@ _TOP_KEYS = {
     "launch": "mapping",
     "suggest": "mapping",
     "tune": "mapping",
+    "query": "mapping",
     "drift": "mapping",
     "web_config_file": "path of the listener's web config (TLS, basic auth users)",
     "healthz_open": "bool: /healthz answers without credentials",
@@ -261,6 +273,7 @@ _COST_KEYS = {"dollars_per_hour": ""}
 _SUGGEST_KEYS = {"schedule": "", "since": "", "keep": ""}
 _AM_KEYS = {"url": "", "timeout": "", **dict.fromkeys(HTTP_CONFIG_KEYS, "")}
 _TUNE_KEYS = {"config": "", "schedule": "", "trials": "", "out": ""}
+_QUERY_KEYS = {"timeout": "", "max_samples": "", "max_concurrency": "", "lookback_delta": ""}
 _DRIFT_KEYS = {"tune_result": "", "threshold": "", "window": "", "interval": "",
                "min_requests": ""}
 
@@ -374,6 +387,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     )
 
     tune = _parse_tune_window(r, top.get("tune"), base_dir)
+    query = _parse_query(r, top.get("query"))
     drift = _parse_drift(r, top.get("drift"), base_dir, tune)
     web_config = top.get("web_config_file")
     web_config_file = (_relative(base_dir, r.string(web_config, "web_config_file"))
@@ -399,11 +413,26 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         launch=dict(launch),
         suggest=suggest,
         tune=tune,
+        query=query,
         drift=drift,
         web_config_file=web_config_file,
         healthz_open=healthz_open,
         prometheus_http=prometheus_http,
     )
+
+
+def _parse_query(r: _Reader, raw: Any) -> QueryConfig:
+    q = r.mapping(raw, "query", _QUERY_KEYS)
+    out = QueryConfig(
+        timeout=r.duration(q.get("timeout", "2m"), "query.timeout"),
+        max_samples=r.positive_int(q.get("max_samples", 50_000_000), "query.max_samples"),
+        max_concurrency=r.positive_int(q.get("max_concurrency", 2), "query.max_concurrency"),
+        lookback_delta=r.duration(q.get("lookback_delta", "5m"), "query.lookback_delta"),
+    )
+    for key in ("timeout", "lookback_delta"):
+        if getattr(out, key) <= 0:
+            raise r.fail(f"query.{key}", "must be greater than 0s")
+    return out
 
 
 def _cron(r: _Reader, value: Any, key: str) -> str:
