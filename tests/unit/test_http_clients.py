@@ -8,6 +8,7 @@ secret files that rotate and disappear; and the bad inputs of issue 12 for clien
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from collections.abc import Iterator
@@ -23,7 +24,9 @@ from tuner.config import parse_config
 from tuner.daemon import Daemon
 from tuner.errors import ConfigError
 from tuner.httpconfig import SecretFiles, make_client, request_headers
+from tuner.report import render_status
 from tuner.scrape import scrape_all, target_clients
+from tuner.status import read_status
 from tuner.store import Matcher
 from tuner.web import Request, Response, Route, WebConfigWatcher, WebServer
 
@@ -212,7 +215,10 @@ def test_secrets_stay_out_of_errors_logs_and_metrics(pki: PKI, tmp_path: Path, s
     finally:
         daemon.stop()
     assert outcome.error_kind == "http_status"
-    for text in (outcome.error, caplog.text, metrics, repr(cfg)):
+    status = read_status(cfg)
+    shown = render_status(status) + json.dumps(status.to_json())
+    assert [(t.name, t.up) for t in status.targets] == [("s", False)]
+    for text in (outcome.error, caplog.text, metrics, repr(cfg), shown):
         assert "not-the-password-5e1" not in text
 
 
@@ -268,3 +274,10 @@ def test_alertmanager_and_prometheus_http_config_are_parsed(pki: PKI, tmp_path: 
     with pytest.raises(ConfigError, match=r"prometheus_http_config\.basic_auth\.password:"):
         _cfg(tmp_path, [], prometheus_http_config={"basic_auth": {"username": "u",
                                                                   "password": "x"}})
+
+
+def test_https_target_that_speaks_plain_http_is_a_tls_error(tmp_path: Path, serve: Any) -> None:
+    plain = serve()
+    url = plain.url.replace("http://", "https://")
+    out = _scrape(_cfg(tmp_path, [{"name": "p", "url": url}]))
+    assert out["p"].error_kind == "tls" and out["p"].error.startswith(f"{url}: TLS: ")
