@@ -44,31 +44,8 @@ class Signal:
 
 
 _ENGINE_STATUS_SIGNALS: tuple[Signal, ...] = (
-    Signal(
-        "running",
-        "sum by (instance) (max without (pid) (vllm:num_requests_running))",
-        "requests",
-        "Requests in the running batch now.",
-    ),
-    Signal(
-        "waiting",
-        "sum by (instance) (max without (pid) (vllm:num_requests_waiting))",
-        "requests",
-        "Requests queued, waiting for a batch slot or KV blocks (capacity and deferred).",
-    ),
-    Signal(
-        "kv_cache_usage",
-        "max by (instance) (vllm:kv_cache_usage_perc)"
-        " or max by (instance) (vllm:gpu_cache_usage_perc)",
-        "ratio",
-        "KV-cache blocks in use, 0..1 (V0 name vllm:gpu_cache_usage_perc as fallback).",
-    ),
-    Signal(
-        "generation_tokens_per_s",
-        "sum by (instance) (rate(vllm:generation_tokens_total[1m]))",
-        "tokens/s",
-        "Output tokens per second over the last minute.",
-    ),
+    Signal("generation_tokens_per_s", "sum by (instance) (rate(vllm:generation_tokens_total[1m]))",
+           "tokens/s", "Output tokens per second over the last minute."),
     Signal(
         "ttft_p99_5m",
         "histogram_quantile(0.99, sum by (instance, le)"
@@ -76,18 +53,10 @@ _ENGINE_STATUS_SIGNALS: tuple[Signal, ...] = (
         "s",
         "99th percentile time to first token over the last 5 minutes (NaN without requests).",
     ),
-    Signal(
-        "preemptions_5m",
-        "sum by (instance) (increase(vllm:num_preemptions_total[5m]))",
-        "preemptions",
-        "Requests preempted (KV blocks reclaimed) in the last 5 minutes.",
-    ),
-    Signal(
-        "gpu_utilization",
-        "avg by (instance) (DCGM_FI_DEV_GPU_UTIL)",
-        "%",
-        "Mean GPU utilization across the GPUs a DCGM target reports.",
-    ),
+    Signal("preemptions_5m", "sum by (instance) (increase(vllm:num_preemptions_total[5m]))",
+           "preemptions", "Requests preempted (KV blocks reclaimed) in the last 5 minutes."),
+    Signal("gpu_utilization", "avg by (instance) (DCGM_FI_DEV_GPU_UTIL)", "%",
+           "Mean GPU utilization across the GPUs a DCGM target reports."),
 )
 
 
@@ -305,7 +274,7 @@ def kv_capacity_from_info(label_sets: Sequence[Mapping[str, str]]) -> float | No
 
 def _number(text: str | None) -> float | None:
     try:
-        value = float(text) if text is not None else math.nan
+        value = float(text or "nan")
     except ValueError:
         return None
     return value if math.isfinite(value) else None
@@ -466,11 +435,18 @@ def signal_template(name: str) -> Signal:
     raise KeyError(f"no signal template named {name!r}")
 
 
+def _status(sig: Signal, name: str | None = None, note: str = " (5m)") -> Signal:
+    return Signal(name or sig.name, render_signal(sig, by="instance", window="5m"), sig.unit,
+                  sig.help + note, sig.local_labels, sig.from_labels, sig.missing)
+
+
 STATUS_SIGNALS: tuple[Signal, ...] = (
+    _status(signal_template("running"), note=""),
+    _status(signal_template("waiting"), note=""),
+    _status(KV_CACHE_USAGE, "kv_cache_usage", note=""),
     *_ENGINE_STATUS_SIGNALS,
     *(
-        Signal(sig.name, render_signal(sig, by="instance", window="5m"), sig.unit,
-               f"{sig.help} (5m)", sig.local_labels, sig.from_labels, sig.missing)
+        _status(sig)
         for sig in (HTTP_5XX_RATIO, HTTP_4XX_RATIO, ABORTED_RATIO, ERRORED_RATIO,
                     REJECTIONS_PER_1000, WAITING_DEFERRED, KV_CAPACITY_TOKENS)
     ),

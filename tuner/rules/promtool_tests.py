@@ -22,13 +22,13 @@ from typing import Any
 
 import yaml
 
-from tuner.config import format_duration
 from tuner.errors import QueryError, RuleError, TunerError
 from tuner.promql import VectorSelector, parse_expr
 from tuner.rules.engine import LabelPairs, RuleEngine, label_pairs, local_engine, vector_of
 from tuner.rules.files import RuleKind, RuleSet, duration_field, expand_rule_paths, load_rule_files
 from tuner.rules.templates import go_float
 from tuner.store import STALE_NAN, Store
+from tuner.units import format_duration
 
 _TEST_FILE_KEYS = {"rule_files", "evaluation_interval", "group_eval_order", "tests"}
 _TEST_KEYS = {"name", "interval", "input_series", "alert_rule_test", "promql_expr_test",
