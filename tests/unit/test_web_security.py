@@ -356,6 +356,7 @@ def test_daemon_serves_metrics_behind_its_web_config(pki: PKI, tmp_path: Path) -
                 assert r.status_code == 200 and "tuner_samples_stored" in r.text
                 assert PASSWORD not in r.text and HASH not in r.text
                 assert c.get(f"{url}/healthz").status_code == healthz_code
+                assert daemon.alerting.engine.external_url.startswith("https://")
                 page = c.get(f"{url}/")  # the status page sits behind the same check
                 assert page.status_code == 401
                 assert c.get(f"{url}/", auth=("alice", PASSWORD)).status_code == 200

@@ -137,7 +137,8 @@ class Daemon:
         self.last_cycle: float | None = None
         self.stopped = threading.Event()
         try:
-            self.alerting = Alerting(config, self.store, self.registry, clock)
+            self.alerting = Alerting(config, self.store, self.registry, clock,
+                                     scheme=self.web.scheme)
         except TunerError:
             self.store.close()  # bad rules: refuse to start
             raise
@@ -299,11 +300,13 @@ class Daemon:
             )
         self.scheduler.start()
         log.info(
-            "tuner daemon: %d targets every %gs, store %s, listening on %s",
+            "tuner daemon: %d targets every %gs, store %s, listening on %s://%s%s",
             len(self.config.targets),
             self.config.scrape_interval,
             self.config.store.path,
+            self.web.scheme,
             self.config.listen,
+            " (basic auth)" if self.web.security.config.users else "",
         )
 
     def scheduled_suggest(self) -> None:
