@@ -48,16 +48,15 @@ from tuner.config import (
     TTFT_BUCKETS,
     Config,
     Target,
-    format_duration,
     read_yaml,
     snap_to_bucket,
-    split_host_port,
 )
 from tuner.errors import ConfigError, ProvisionError
 from tuner.generated import SyncResult, sync_generated, write_files
 from tuner.httpconfig import to_prometheus
 from tuner.rules.render import GENERATED_MARKERS, render_rule_files
 from tuner.secret_mounts import render_secret_mounts
+from tuner.units import format_duration, split_host_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RULES_DIR = REPO_ROOT / "rules"

@@ -36,11 +36,11 @@ from pathlib import Path
 
 import yaml
 
-from tuner.config import format_duration, parse_duration_ms
 from tuner.errors import QueryError
 from tuner.promql import parse_expr, selectors
 from tuner.rules.promtool_tests import expand_values, parse_series
 from tuner.store import STALE_NAN
+from tuner.units import format_duration, parse_duration_ms
 
 REPO = Path(__file__).resolve().parents[2]
 TESTDATA_DIR = REPO / ".cache" / "prometheus-src" / "promql" / "testdata"

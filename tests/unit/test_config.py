@@ -8,15 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tuner.config import (
-    format_duration,
-    load_config,
-    parse_config,
-    parse_duration,
-    parse_duration_ms,
-    parse_size,
-)
+from tuner.config import load_config, parse_config
 from tuner.errors import ConfigError
+from tuner.units import format_duration, parse_duration, parse_duration_ms, parse_size
 
 EXAMPLE = """
 targets:

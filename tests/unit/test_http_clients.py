@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -281,3 +284,17 @@ def test_https_target_that_speaks_plain_http_is_a_tls_error(tmp_path: Path, serv
     url = plain.url.replace("http://", "https://")
     out = _scrape(_cfg(tmp_path, [{"name": "p", "url": url}]))
     assert out["p"].error_kind == "tls" and out["p"].error.startswith(f"{url}: TLS: ")
+
+
+def test_http_config_file_with_an_inline_secret_exits_2_naming_file_and_key(
+        tmp_path: Path) -> None:
+    bad = tmp_path / "http.yml"
+    bad.write_text("basic_auth: {username: u, password: hunter2-inline}\n")
+    out = subprocess.run([sys.executable, "-m", "tuner", "suggest", "--prometheus",
+                          "https://127.0.0.1:1", "--http-config-file", str(bad)],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": os.getcwd()}, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert f"{bad}: basic_auth.password: secrets and certificates are read only from files" \
+        in out.stderr
+    assert "hunter2-inline" not in out.stderr + out.stdout

@@ -33,7 +33,7 @@ class Alerting:
     """
 
     def __init__(self, config: Config, store: Store, registry: CollectorRegistry,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, scheme: str = "http") -> None:
 
         self.config = config
         self.clock = clock
@@ -51,7 +51,7 @@ class Alerting:
         self.engine = RuleEngine(
             rules, querier, writer=writer, documents=store,
             default_interval=config.evaluation_interval,
-            external_url=f"http://{config.listen}",
+            external_url=f"{scheme}://{config.listen}",  # https behind the listener's TLS
         )
         restored = self.engine.restore()
         if restored:

@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from tuner.config import parse_duration_ms as config_duration_ms
 from tuner.errors import QueryError
+from tuner.units import parse_duration_ms as config_duration_ms
 
 _DURATION_RE = re.compile(r"(?:\d+(?:ms|y|w|d|h|m|s))+(?![A-Za-z0-9_])")
 _NUMBER_RE = re.compile(

@@ -82,6 +82,17 @@ class _Parser:
             raise QueryError(f"expected {op!r} {what}, found {found} at position {t.pos}")
         return t
 
+    def arguments(self, closing: str) -> list[Expr]:
+        """Comma-separated expressions up to and including the ``)`` (``closing`` says which)."""
+        args: list[Expr] = []
+        while not self.at_op(")"):
+            args.append(self.expr(0))
+            if not self.at_op(","):
+                break
+            self.next()
+        self.expect_op(")", closing)
+        return args
+
     def error(self, msg: str, tok: Token | None = None) -> QueryError:
         tok = tok or self.peek()
         return QueryError(f"{msg} at position {tok.pos}")
@@ -382,13 +393,7 @@ class _Parser:
                 raise self.error(f"unsupported function {name!r}".replace("'", '"'), t)
             raise self.error(f'unknown function "{name}"', t)
         self.expect_op("(", "after function name")
-        args: list[Expr] = []
-        while not self.at_op(")"):
-            args.append(self.expr(0))
-            if not self.at_op(","):
-                break
-            self.next()
-        self.expect_op(")", f"to close the call of {name}()")
+        args = self.arguments(f"to close the call of {name}()")
         spec = FUNCS[name]
         most = 10**6 if spec.variadic else len(spec.args)
         if not (len(spec.args) - spec.optional <= len(args) <= most):
@@ -438,13 +443,7 @@ class _Parser:
             grouping = self.label_list()
             seen_mod = True
         self.expect_op("(", f"after {op}")
-        args: list[Expr] = []
-        while not self.at_op(")"):
-            args.append(self.expr(0))
-            if not self.at_op(","):
-                break
-            self.next()
-        self.expect_op(")", f"to close {op}(...)")
+        args = self.arguments(f"to close {op}(...)")
         if self.at_word("by", "without"):
             if seen_mod:
                 raise self.error("aggregation modifier given twice")

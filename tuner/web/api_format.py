@@ -111,7 +111,7 @@ def parse_time(text: str, name: str) -> int:
 
 def parse_step(text: str, name: str = "step") -> int:
     """A ``step``/``timeout`` parameter in milliseconds: float seconds or a duration (``15s``)."""
-    from tuner.config import parse_duration_ms
+    from tuner.units import parse_duration_ms
 
     if _FLOAT_RE.match(text):
         seconds = float(text)
