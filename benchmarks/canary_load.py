@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--starts", type=int, default=1)
+    ap.add_argument("--startup-only", action="store_true",
+                    help="only the start-up figures (cold/warm cache, executor backends)")
     ap.add_argument("--cores", default="0", help="VLLM_CPU_OMP_THREADS_BIND (default 0: one "
                     "OpenMP thread; '0-1' spins two threads, slow when the machine is busy)")
     args = ap.parse_args()
@@ -63,16 +65,28 @@ def main() -> None:
     model = ensure_tiny_model()
     tmp = Path(tempfile.mkdtemp(prefix="canary-bench-"))
 
-    cold, warm = [], []
-    for i in range(args.starts):
+    cold, warm, uni = [], [], []
+    for i in range(args.starts):  # interleaved, so the machine's load spreads over all three
         c, t = start(model, tmp / f"cold{i}.log", env={"VLLM_CACHE_ROOT": str(tmp / f"c{i}")})
         c.stop()
         cold.append(t)
         c, t = start(model, tmp / f"warm{i}.log")
         c.stop()
         warm.append(t)
-    print(f"start-up to /health: cold compile cache {statistics.median(cold):.1f} s, "
-          f"warm {statistics.median(warm):.1f} s  (median of {args.starts})")
+        # the worker in the engine-core process (what vLLM does for one GPU): one process
+        # fewer to spawn and import torch into
+        c, t = start(model, tmp / f"uni{i}.log", flags={"distributed-executor-backend": "uni"})
+        c.stop()
+        uni.append(t)
+
+    def fmt(ts: list[float]) -> str:
+        return f"{statistics.median(ts):.1f} s [{min(ts):.1f}..{max(ts):.1f}]"
+
+    print(f"start-up to /health (median [min..max] of {args.starts}): cold compile cache "
+          f"{fmt(cold)}, warm {fmt(warm)}, warm with --distributed-executor-backend uni "
+          f"{fmt(uni)} ({statistics.median(uni) / statistics.median(warm):.2f}x warm)")
+    if args.startup_only:
+        return
 
     canary, _ = start(model, tmp / "load.log")
     assert canary.handle is not None

@@ -22,111 +22,14 @@ from tuner.httpconfig import (
     HTTPClientConfig,
     parse_http_config,
 )
+from tuner.units import (
+    format_duration,
+    parse_duration,
+    parse_size,
+    split_host_port,
+)
 
-# Prometheus's duration grammar (common/model.ParseDuration): each unit at most once, largest
-# first, integers only; "0" alone is the zero duration. Milliseconds per unit.
-_DURATION_MS = {
-    "y": 365 * 86_400_000,
-    "w": 7 * 86_400_000,
-    "d": 86_400_000,
-    "h": 3_600_000,
-    "m": 60_000,
-    "s": 1000,
-    "ms": 1,
-}
-_DURATION_PART_RE = re.compile(r"(\d+)(ms|y|w|d|h|m|s)")
-_DURATION_SYNTAX = "e.g. 30s, 5m, 1h30m, 7d; units ms s m h d w y"
-_MAX_DURATION_MS = 2**63 - 1  # Go's time.Duration limit, as Prometheus checks it
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$")
-_SIZE_UNITS = {
-    None: 1,
-    "B": 1,
-    "KB": 1000,
-    "MB": 1000**2,
-    "GB": 1000**3,
-    "TB": 1000**4,
-    "KiB": 1024,
-    "MiB": 1024**2,
-    "GiB": 1024**3,
-    "TiB": 1024**4,
-}
 TARGET_KINDS = ("vllm", "dcgm", "other")
-
-
-def parse_duration_ms(text: str) -> int:
-    """A Prometheus duration string (``1h30m``, ``5m``, ``250ms``, ``0``) in milliseconds.
-
-    The one duration parser of the package (PromQL's range selectors use it too). Follows
-    Prometheus: units largest first, each at most once, whole numbers only, ``0`` allowed
-    bare, at most 2^63-1 ms. Raises ValueError naming the text and the allowed syntax.
-    """
-    if text == "0":
-        return 0
-    if not text:
-        raise ValueError("empty duration")
-    pos = 0
-    total = 0
-    last_rank = -1
-    order = list(_DURATION_MS)
-    for match in _DURATION_PART_RE.finditer(text):
-        if match.start() != pos:
-            break
-        rank = order.index(match.group(2))
-        if rank <= last_rank:
-            raise ValueError(f"duration {text!r}: units out of order or repeated "
-                             "(largest to smallest, each once)")
-        last_rank = rank
-        total += int(match.group(1)) * _DURATION_MS[match.group(2)]
-        pos = match.end()
-    if pos != len(text) or pos == 0:
-        raise ValueError(f"{text!r} is not a Prometheus duration ({_DURATION_SYNTAX})")
-    if total > _MAX_DURATION_MS:
-        raise ValueError(f"duration {text!r} is out of range (at most about 292 years)")
-    return total
-
-
-def parse_duration(text: str | int | float) -> float:
-    """Parse a Prometheus duration (``1h30m``, ``5m``, ``250ms``) into seconds.
-
-    Bare numbers are seconds. Raises ValueError with the allowed syntax on bad input.
-    """
-    if isinstance(text, bool):
-        raise ValueError(f"{text!r} is not a duration")
-    if isinstance(text, int | float):
-        if text < 0:
-            raise ValueError(f"duration {text!r} is negative")
-        return float(text)
-    return parse_duration_ms(str(text).strip()) / 1000.0
-
-
-def format_duration(seconds: float) -> str:
-    """Render seconds the way Prometheus does (``1h30m``, ``5m``, ``250ms``)."""
-    if seconds <= 0:
-        return "0s"
-    ms = round(seconds * 1000)
-    out = []
-    for unit, size in (("d", 86400000), ("h", 3600000), ("m", 60000), ("s", 1000), ("ms", 1)):
-        n, ms = divmod(ms, size)
-        if n:
-            out.append(f"{n}{unit}")
-    return "".join(out)
-
-
-def parse_size(text: str | int) -> int:
-    """Parse a byte size (``1048576``, ``512MiB``, ``2GB``) into bytes."""
-    if isinstance(text, bool):
-        raise ValueError(f"{text!r} is not a size")
-    if isinstance(text, int):
-        if text <= 0:
-            raise ValueError(f"size {text} must be positive")
-        return text
-    m = _SIZE_RE.match(str(text))
-    if not m:
-        raise ValueError(f"{text!r} is not a size (bytes, or a number with KiB/MiB/GiB/KB/MB/GB)")
-    value = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
-    if value <= 0:
-        raise ValueError(f"size {text!r} must be positive")
-    return value
 
 
 @dataclass(frozen=True)
@@ -241,6 +144,16 @@ class DriftConfig:
 
 
 @dataclass(frozen=True)
+class QueryConfig:
+    """Limits of the sidecar's Prometheus API (Prometheus's --query.* flags and defaults)."""
+
+    timeout: float = 120.0
+    max_samples: int = 50_000_000
+    max_concurrency: int = 1  # query worker processes (1 leaves a core to scraping)
+    lookback_delta: float = 300.0
+
+
+@dataclass(frozen=True)
 class Config:
     """The validated configuration of a tuner daemon."""
 
@@ -260,6 +173,7 @@ class Config:
     launch: Mapping[str, Any] = field(default_factory=dict)
     suggest: SuggestSchedule = field(default_factory=SuggestSchedule)
     tune: TuneWindow = field(default_factory=TuneWindow)
+    query: QueryConfig = field(default_factory=QueryConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
     web_config_file: Path | None = None
     healthz_open: bool = True
@@ -268,14 +182,6 @@ class Config:
     @property
     def listen_host_port(self) -> tuple[str, int]:
         return split_host_port(self.listen)
-
-
-def split_host_port(text: str) -> tuple[str, int]:
-    """Split ``host:port`` (``[::1]:9464`` for IPv6); raises ValueError."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not (0 <= int(port) <= 65535):
-        raise ValueError(f"{text!r} is not host:port (e.g. 127.0.0.1:9464)")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 T = TypeVar("T")
@@ -354,6 +260,7 @@ _TOP_KEYS = {
     "launch": "mapping",
     "suggest": "mapping",
     "tune": "mapping",
+    "query": "mapping",
     "drift": "mapping",
     "web_config_file": "path of the listener's web config (TLS, basic auth users)",
     "healthz_open": "bool: /healthz answers without credentials",
@@ -366,6 +273,7 @@ _COST_KEYS = {"dollars_per_hour": ""}
 _SUGGEST_KEYS = {"schedule": "", "since": "", "keep": ""}
 _AM_KEYS = {"url": "", "timeout": "", **dict.fromkeys(HTTP_CONFIG_KEYS, "")}
 _TUNE_KEYS = {"config": "", "schedule": "", "trials": "", "out": ""}
+_QUERY_KEYS = {"timeout": "", "max_samples": "", "max_concurrency": "", "lookback_delta": ""}
 _DRIFT_KEYS = {"tune_result": "", "threshold": "", "window": "", "interval": "",
                "min_requests": ""}
 
@@ -479,6 +387,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     )
 
     tune = _parse_tune_window(r, top.get("tune"), base_dir)
+    query = _parse_query(r, top.get("query"))
     drift = _parse_drift(r, top.get("drift"), base_dir, tune)
     web_config = top.get("web_config_file")
     web_config_file = (_relative(base_dir, r.string(web_config, "web_config_file"))
@@ -504,11 +413,26 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         launch=dict(launch),
         suggest=suggest,
         tune=tune,
+        query=query,
         drift=drift,
         web_config_file=web_config_file,
         healthz_open=healthz_open,
         prometheus_http=prometheus_http,
     )
+
+
+def _parse_query(r: _Reader, raw: Any) -> QueryConfig:
+    q = r.mapping(raw, "query", _QUERY_KEYS)
+    out = QueryConfig(
+        timeout=r.duration(q.get("timeout", "2m"), "query.timeout"),
+        max_samples=r.positive_int(q.get("max_samples", 50_000_000), "query.max_samples"),
+        max_concurrency=r.positive_int(q.get("max_concurrency", 1), "query.max_concurrency"),
+        lookback_delta=r.duration(q.get("lookback_delta", "5m"), "query.lookback_delta"),
+    )
+    for key in ("timeout", "lookback_delta"):
+        if getattr(out, key) <= 0:
+            raise r.fail(f"query.{key}", "must be greater than 0s")
+    return out
 
 
 def _cron(r: _Reader, value: Any, key: str) -> str:

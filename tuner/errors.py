@@ -48,6 +48,15 @@ class QueryTooLargeError(QueryError):
     """A query would hold more samples than the engine's limit (Prometheus's max_samples)."""
 
 
+class ApiError(TunerError):
+    """A request to the sidecar's Prometheus API failed; ``error_type`` is Prometheus's errorType
+    (``bad_data``, ``execution``, ``timeout``, ``not_found``, ``internal``)."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
 class ProvisionError(TunerError):
     """Provisioning files could not be written (unwritable or foreign files in the way)."""
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -52,12 +53,23 @@ class Sample:
 
 
 @dataclass(frozen=True)
+class MetricMetadata:
+    """A metric family's ``# TYPE`` / ``# HELP`` / ``# UNIT``, named as its TYPE line names it."""
+
+    name: str
+    type: str
+    help: str
+    unit: str = ""
+
+
+@dataclass(frozen=True)
 class ParseResult:
-    """Samples of one scrape, with how many duplicate series were dropped."""
+    """Samples of one scrape, with how many duplicate series were dropped, and family metadata."""
 
     samples: list[Sample]
     duplicates: int = 0
     non_finite: int = 0
+    metadata: tuple[MetricMetadata, ...] = ()
 
 
 def canonical_name(name: str) -> str:
@@ -98,8 +110,10 @@ def parse_exposition(text: str) -> ParseResult:
     seen: set[tuple[str, Labels]] = set()
     duplicates = 0
     non_finite = 0
+    metadata: list[MetricMetadata] = []
     try:
         for family in text_string_to_metric_families(text):
+            metadata.append(_metadata(family))
             for s in family.samples:
                 key = (s.name, labels_of(s.labels))
                 if key in seen:
@@ -114,7 +128,16 @@ def parse_exposition(text: str) -> ParseResult:
         raise
     except Exception as exc:  # prometheus_client raises bare ValueError etc.
         raise ExpositionError(f"malformed exposition: {exc}") from exc
-    return ParseResult(samples, duplicates, non_finite)
+    return ParseResult(samples, duplicates, non_finite, tuple(metadata))
+
+
+def _metadata(family: Any) -> MetricMetadata:
+    """The family's metadata; a counter is named with ``_total`` when its samples are."""
+    name = str(family.name)
+    if family.type == "counter" and any(s.name == name + "_total" for s in family.samples):
+        name += "_total"
+    return MetricMetadata(name, str(family.type), str(family.documentation or ""),
+                          str(getattr(family, "unit", "") or ""))
 
 
 def normalize_samples(samples: Iterable[Sample], kind: str) -> list[Sample]:

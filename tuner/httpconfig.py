@@ -407,3 +407,35 @@ def referenced_files(cfg: HTTPClientConfig) -> tuple[Path, ...]:
     """Every file ``cfg`` reads: CA, client certificate and key, secrets."""
     tls = tuple(p for p in (cfg.tls.ca_file, cfg.tls.cert_file, cfg.tls.key_file) if p)
     return tls + cfg.secret_files
+
+
+def make_async_client(cfg: HTTPClientConfig = DEFAULT_HTTP_CONFIG, *,
+                      timeout: httpx.Timeout | float = 10.0, max_connections: int = 16,
+                      keepalive_expiry: float = 60.0,
+                      secrets: SecretFiles = SECRETS) -> httpx.AsyncClient:
+    """The ``httpx.AsyncClient`` for ``cfg`` (the load driver's), like ``make_client``."""
+    return httpx.AsyncClient(
+        verify=tls_context(cfg.tls),
+        auth=_FileAuth(cfg, secrets),
+        proxy=cfg.proxy_url,
+        follow_redirects=cfg.follow_redirects,
+        timeout=timeout,
+        limits=httpx.Limits(max_connections=max_connections,
+                            max_keepalive_connections=max_connections,
+                            keepalive_expiry=keepalive_expiry),
+        trust_env=False,
+    )
+
+
+def health_probe(cfg: HTTPClientConfig = DEFAULT_HTTP_CONFIG,
+                 timeout: float = 2.0) -> Callable[[str], bool]:
+    """``probe(url) -> bool``: whether ``url`` answers 200 under ``cfg`` (a canary's /health)."""
+
+    def probe(url: str) -> bool:
+        try:
+            with make_client(cfg, timeout=timeout, max_connections=1) as client:
+                return client.get(url).status_code == 200
+        except (httpx.HTTPError, SecretFileError):
+            return False
+
+    return probe

@@ -3,7 +3,8 @@
 ``provision(config, out)`` writes, under ``out``:
 
 - ``grafana/dashboards/*.json`` — the dashboards of :mod:`tuner.dashboards`, SLO and cost filled in;
-- ``grafana/provisioning/{dashboards,datasources}/tuner.yaml``;
+- ``grafana/provisioning/{dashboards,datasources}/tuner.yaml`` (two data sources: the
+  Prometheus and the sidecar's own Prometheus API, for hosts without one);
 - ``prometheus/prometheus.yml`` — scrape configs for the ``vllm``, ``dcgm`` and ``tuner`` jobs
   from ``Config.targets`` and ``Config.listen``, ``rule_files``, the Alertmanagers;
 - ``prometheus/rules/*.yaml`` — the rule files rendered with the config's SLOs;
@@ -47,16 +48,15 @@ from tuner.config import (
     TTFT_BUCKETS,
     Config,
     Target,
-    format_duration,
     read_yaml,
     snap_to_bucket,
-    split_host_port,
 )
 from tuner.errors import ConfigError, ProvisionError
 from tuner.generated import SyncResult, sync_generated, write_files
 from tuner.httpconfig import to_prometheus
 from tuner.rules.render import GENERATED_MARKERS, render_rule_files
 from tuner.secret_mounts import render_secret_mounts
+from tuner.units import format_duration, split_host_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RULES_DIR = REPO_ROOT / "rules"
@@ -319,7 +319,24 @@ def render_grafana_datasource(config: Config) -> dict[str, Any]:
                     "timeInterval": format_duration(config.scrape_interval),
                     "httpMethod": "POST",
                 },
-            }
+            },
+            {
+                # the sidecar's own Prometheus API over its store, for hosts without a
+                # Prometheus: pick it in the dashboards' data source menu
+                "name": "tuner sidecar",
+                "uid": "tuner-sidecar",
+                "type": "prometheus",
+                "access": "proxy",
+                "url": f"http://{_local_address(config.listen)}",
+                "isDefault": False,
+                "editable": False,
+                "jsonData": {
+                    "timeInterval": format_duration(config.scrape_interval),
+                    "httpMethod": "POST",
+                    "prometheusType": "Prometheus",
+                    "prometheusVersion": "2.42.0",  # the semantics tuner.promql follows
+                },
+            },
         ],
     }
 

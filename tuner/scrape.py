@@ -21,7 +21,13 @@ import httpx
 
 from tuner.config import Target
 from tuner.errors import ExpositionError, ScrapeError, SecretFileError
-from tuner.exposition import Sample, normalize_samples, parse_exposition, with_target_labels
+from tuner.exposition import (
+    MetricMetadata,
+    Sample,
+    normalize_samples,
+    parse_exposition,
+    with_target_labels,
+)
 from tuner.httpconfig import DEFAULT_HTTP_CONFIG, HTTPClientConfig
 from tuner.httpconfig import make_client as make_http_client
 
@@ -41,6 +47,7 @@ class ScrapeOutcome:
     duplicates: int = 0
     non_finite: int = 0
     body_bytes: int = 0
+    metadata: tuple[MetricMetadata, ...] = ()  # the families' TYPE/HELP/UNIT
 
     @property
     def up(self) -> bool:
@@ -122,6 +129,7 @@ def scrape_target(
         duplicates=parsed.duplicates,
         non_finite=parsed.non_finite,
         body_bytes=len(body),
+        metadata=parsed.metadata,
     )
 
 

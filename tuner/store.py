@@ -421,6 +421,27 @@ class Store:
                     out.append(SeriesData(name, dict(labels), ts[a:b].copy(), vals[a:b].copy()))
         return out
 
+    def series_with_samples(self, matchers: Sequence[Matcher], start_ms: int,
+                            end_ms: int) -> list[dict[str, str]]:
+        """Label sets (``__name__`` included) of matching series with a sample in the window.
+
+        One index probe per candidate series (never a scan of the window's samples): what the
+        API's ``/series``, ``/labels`` and ``/label/<name>/values`` read.
+        """
+        ids = self.series_ids(matchers)
+        conn = self._conn()
+        found: list[int] = []
+        for chunk_start in range(0, len(ids), 500):
+            chunk = ids[chunk_start : chunk_start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.extend(r[0] for r in conn.execute(
+                f"SELECT id FROM series WHERE id IN ({marks}) AND EXISTS (SELECT 1 FROM samples "
+                "WHERE series_id = series.id AND ts >= ? AND ts <= ?)",
+                (*chunk, start_ms, end_ms)))
+        with self._lock:
+            rows = [self._series_rows[sid] for sid in found]
+        return [{"__name__": name, **labels} for name, labels in rows]
+
     def time_range(self) -> tuple[int, int] | None:
         """Oldest and newest sample timestamps (ms), or None for an empty store."""
         row = self._conn().execute("SELECT MIN(ts), MAX(ts) FROM samples").fetchone()

@@ -40,9 +40,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from tuner.config import format_duration
 from tuner.promql import Element, Querier, QueryResult, bucket_quantile, parse_go_float
 from tuner.signals import mean_acceptance_length
+from tuner.units import format_duration
 
 WORKLOAD_VERSION = 1
 

@@ -2,12 +2,16 @@
 
 One search (to keep the vLLM time short): baseline + 5 searched trials, with a memory knob
 (num-gpu-blocks-override, 4..40 blocks of 128 tokens) whose low end cannot hold one
-2,048-token sequence (16 blocks or fewer: vLLM keeps one block back), so some candidates
-really fail to start. The search is stopped with
+2,048-token sequence (16 blocks or fewer: vLLM keeps one block back). The baseline's
+measured KV capacity bounds the space before the first candidate: those block counts are
+ruled out and never launched, and the Latin-hypercube initial design covers the likely part
+(max-num-seqs up to the load's 8 requests in flight). Searched trials stop early once their
+token rate is worse than the incumbent's beyond the noise. The search is stopped with
 SIGTERM in the middle of a trial and continued with ``--resume``. Checks: the baseline ran
-first; failures were recorded (reason, log tail) and the search went on; the resumed search
-repeated no finished trial and the interrupted one left no canary behind; the outputs exist;
-and the flags in best.json start a server.
+first and its KV capacity was read; the design and the bound shaped the candidates; no point
+was searched twice; an early stop kept partial figures; the resumed search repeated no
+finished trial and the interrupted one left no canary behind; the outputs (with the report's
+Search section) exist; and the flags in best.json start a server.
 
 Run under ``flock /tmp/tuner-vllm.lock``. About 4-5 minutes on 2 cores.
 """
@@ -92,9 +96,10 @@ def tune_config(model_dir: Path, out: Path, mark: str) -> dict[str, Any]:
         "load": {"prompt_tokens": {"kind": "uniform", "low": 96, "high": 160},
                  "output_tokens": 48, "concurrency": 8, "duration": 4, "warmup_requests": 2},
         "budget": {"trials": 5},
-        "noise": {"finalists": 1, "repeats": 0, "confirm_rounds": 0},
-        # seed 8: the first random candidate has 13 blocks: too few for one 2,048-token sequence
-        "optimizer": {"estimator": "GP", "initial_points": 3, "seed": 8},
+        "noise": {"finalists": 1, "repeats": 0, "confirm_rounds": 0,
+                  "single_run_noise": 0.1, "early_stop_after": 0.3},
+        "optimizer": {"estimator": "GP", "initial_points": 3, "seed": 8,
+                      "initial_design": "lhs"},
         "canary": {"health_timeout": "150s", "scrape_interval": "1s"},
         "out": str(out),
     }
@@ -157,16 +162,30 @@ def test_search_fails_some_trials_survives_sigterm_resumes_and_best_flags_start(
     assert len(searched) == 5
     assert len({json.dumps(dict(t.point), sort_keys=True) for t in searched}) == 5
 
-    # failures recorded with reason and log tail, and the search went on after them
-    failed = [t for t in searched if t.state == "failed"]
-    assert failed, [(t.point, t.state) for t in searched]
-    for t in failed:
-        assert t.reason in ("oom", "exit") and t.log_tail
-        assert t.flags["num-gpu-blocks-override"] <= 16
-        assert t.loss == 1.0
-    assert any(t.number > failed[0].number and t.state == "ok" for t in trials)
+    # the baseline's KV capacity (cache_config_info: 24 blocks x 128) bounded the space:
+    # fewer than 17 blocks cannot hold one 2,048-token sequence, so none was launched
+    base = trials[0].measurement
+    assert base.kv_capacity_tokens == 24 * 128 and base.kv_block_size == 128
+    assert all(t.flags["num-gpu-blocks-override"] >= 17 for t in searched)
+    assert not [t for t in trials if t.state == "failed"], [(t.point, t.reason) for t in trials]
+    # the first three searched points are the Latin-hypercube design over the likely part:
+    # max-num-seqs 2..8 (the load keeps 8 requests in flight), one point per third of the
+    # log range, and one per third of 17..40 blocks
+    design = sorted(searched[:3], key=lambda t: t.point["max-num-seqs"])
+    assert design[0].point["max-num-seqs"] <= 3
+    assert all(t.point["max-num-seqs"] <= 8 for t in design)
+    thirds = sorted(int((t.point["gpu-memory-utilization"] - 17) / 24 * 3) for t in design)
+    assert thirds == [0, 1, 2], [t.point for t in design]
+    # early stops: partial figures kept, the window not spent recorded
+    stopped = [t for t in trials if t.state == "stopped"]
+    for t in stopped:
+        assert t.kind == "search" and t.measurement is not None and t.measurement.requests > 0
+        assert any(n.startswith("stopped early after") for n in t.notes)
+        assert 0 < t.timings["saved_s"] < 4
+    two = [t for t in searched if t.point["max-num-seqs"] == 2]  # 2 slots for 8 in flight
+    assert all(t.state == "stopped" for t in two), [(t.point, t.objective) for t in trials]
     ok = [t for t in trials if t.state == "ok"]
-    for t in ok:  # server-side signals came from scraping the canary
+    for t in ok + stopped:  # server-side signals came from scraping the canary
         assert t.measurement is not None
         assert t.measurement.server_generation_tokens > 0
     # the canaries were scraped through the same ingest step as production targets: up and
@@ -190,7 +209,12 @@ def test_search_fails_some_trials_survives_sigterm_resumes_and_best_flags_start(
     rows = list(csv.DictReader((out / "trials.csv").open()))
     assert [int(r["number"]) for r in rows] == [t.number for t in trials]
     report = (out / "report.md").read_text()
-    assert "vllm serve" in report and "Failed trials" in report
+    assert "vllm serve" in report and "## Search" in report
+    assert "ruled out: --num-gpu-blocks-override below 17" in report
+    assert "initial design: lhs, 3 points over the likely part" in report
+    assert "start-up: " in report
+    if stopped:
+        assert f"stopped early: {len(stopped)} trial" in report
     for png in ("convergence.png", "throughput_vs_ttft.png", "objective_vs_knobs.png"):
         assert (out / png).stat().st_size > 5000
     best = json.loads((out / "best.json").read_text())
@@ -208,7 +232,9 @@ def test_search_fails_some_trials_survives_sigterm_resumes_and_best_flags_start(
     with LocalCanary(spec, tmp_path / "best.log", health_timeout=150) as handle:
         r = httpx.post(handle.url + "/v1/completions", trust_env=False, timeout=60,
                        json={"model": "tiny-llama", "prompt": "hello", "max_tokens": 4})
-        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
+        assert r.status_code == 200, (best["flags"], r.text[:500],
+                                      (tmp_path / "best.log").read_text()[-3000:])
+        assert r.json()["usage"]["completion_tokens"] == 4
         metrics = httpx.get(handle.metrics_url, trust_env=False, timeout=10).text
         blocks = best["flags"]["num-gpu-blocks-override"]
         assert f'num_gpu_blocks="{blocks}"' in metrics

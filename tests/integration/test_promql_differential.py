@@ -417,6 +417,9 @@ BATTERY = [
     "day_of_week() + day_of_month() + day_of_year() + days_in_month() + month() + year()",
     "days_in_month(vector(time()))",
     "year(timestamp(DCGM_FI_DEV_GPU_UTIL))",
+    # Go regular expressions: inline flags anywhere in the pattern
+    'vllm:num_requests_running{model_name=~"((?i)TINY)-llama"}',
+    'label_replace(up, "j", "$1", "job", "(?i)(VLLM)")',
     # the overflow-safe mean: values near 1e308
     "avg_over_time(huge_values[10m])",
     "avg(huge_values)",

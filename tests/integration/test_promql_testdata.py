@@ -70,8 +70,9 @@ def test_every_case_promtool_passes_passes_tuner_rules_test(tmp_path: Path) -> N
           f"{len(both_fail)} eval_fail cases fail in both")
     assert not missed, "promtool passes these, tuner rules test does not:\n" + "\n".join(missed)
     assert not fails_passed, f"eval_fail cases that passed: {fails_passed}"
-    # the issue measured 315 with its converter; this one drops unread series and passes more
-    assert len(promtool_ok) >= 315
+    # the issue measured 315 with its converter; this one drops unread series and makes
+    # promtool load every sample (as Prometheus's runner does), so promtool passes more
+    assert len(promtool_ok) >= 400
     # the constructs added for issue 11 are among the cases promtool passes
     passing_exprs = " ".join(cases[f].expr for f in promtool_ok)
     for construct in ("count_values(", "predict_linear(", " atan2 ", ":1m]", "[5m:]", " @ ",

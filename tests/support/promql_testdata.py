@@ -11,9 +11,12 @@ series every ``load`` since the last ``clear`` defined. ``unit_test_yaml`` write
 promtool rule unit-test file (``rule_files: []``, one test group, one ``promql_expr_test``):
 the series some selector of the expression reads, with the loads' common interval (with several intervals, the greatest common divisor,
 and every value spelled out on that grid), the expected samples as ``exp_samples`` (a scalar as
-``labels: '{}'``). ``eval_fail`` cases are written too, marked ``expect_fail``: promtool
-reports them as failures, which is what they should do; ``eval_ordered`` loses its ordering
-(promtool compares sorted samples).
+``labels: '{}'``). promtool loads samples only up to a test's last ``eval_time`` while
+Prometheus's runner loads them all (``@`` and negative offsets read later samples), so a case
+evaluated before its last sample gets a second check, ``vector(1)`` at that sample's time.
+``eval_fail`` cases are written too (their ``kind`` says so): promtool reports them as
+failures, which is what they should do; ``eval_ordered`` loses its ordering (promtool compares
+sorted samples).
 
 The test data is Prometheus's code: it is fetched at install time from Debian's source package
 into ``.cache/prometheus-src`` (``deploy/local/install.sh``) and never committed.
@@ -33,11 +36,11 @@ from pathlib import Path
 
 import yaml
 
-from tuner.config import format_duration, parse_duration_ms
 from tuner.errors import QueryError
 from tuner.promql import parse_expr, selectors
 from tuner.rules.promtool_tests import expand_values, parse_series
 from tuner.store import STALE_NAN
+from tuner.units import format_duration, parse_duration_ms
 
 REPO = Path(__file__).resolve().parents[2]
 TESTDATA_DIR = REPO / ".cache" / "prometheus-src" / "promql" / "testdata"
@@ -216,15 +219,24 @@ def unit_test_yaml(case: Case) -> str:
         series = [{"series": s.series, "values": s.values} for s in case.series]
     else:
         series = [{"series": s.series, "values": _spell_on_grid(s, grid)} for s in case.series]
+    exprs: list[dict[str, object]] = [{
+        "expr": case.expr,
+        "eval_time": format_duration(case.eval_time_ms / 1000) or "0s",
+        "exp_samples": [{"labels": lb, "value": v} for lb, v in case.expected],
+    }]
+    last_ms = max((s.interval_ms * (len(expand_values(s.values)) - 1) for s in case.series),
+                  default=0)
+    if last_ms > case.eval_time_ms:
+        # promtool loads samples only up to its last eval_time; Prometheus's runner loads them
+        # all (``@`` and negative offsets read later ones): a check at the last sample makes
+        # promtool load every sample too
+        exprs.append({"expr": "vector(1)", "eval_time": format_duration(last_ms / 1000),
+                      "exp_samples": [{"labels": "{}", "value": 1}]})
     test: dict[str, object] = {
         "name": f"{case.source} {case.kind.value}",
         "interval": format_duration(grid / 1000) or "0s",
         "input_series": series,
-        "promql_expr_test": [{
-            "expr": case.expr,
-            "eval_time": format_duration(case.eval_time_ms / 1000) or "0s",
-            "exp_samples": [{"labels": lb, "value": v} for lb, v in case.expected],
-        }],
+        "promql_expr_test": exprs,
     }
     doc = {"rule_files": [], "evaluation_interval": "1m", "tests": [test]}
     return yaml.safe_dump(doc, sort_keys=False, width=10_000)

@@ -8,15 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tuner.config import (
-    format_duration,
-    load_config,
-    parse_config,
-    parse_duration,
-    parse_duration_ms,
-    parse_size,
-)
+from tuner.config import load_config, parse_config
 from tuner.errors import ConfigError
+from tuner.units import format_duration, parse_duration, parse_duration_ms, parse_size
 
 EXAMPLE = """
 targets:
@@ -107,6 +101,11 @@ def test_example_config_loads(tmp_path: Path) -> None:
         ("scrape_interval: 5s\nscrape_timeout: 10s\n", "scrape_timeout", "not longer"),
         ("slo: {ttft_p99_seconds: -1}\n", "slo.ttft_p99_seconds", "positive"),
         ("suggest: {schedule: 'every hour'}\n", "suggest.schedule", "cron"),
+        ("query: {timeout: soon}\n", "query.timeout", "duration"),
+        ("query: {timeout: 0s}\n", "query.timeout", "greater than 0s"),
+        ("query: {max_samples: 0}\n", "query.max_samples", "positive integer"),
+        ("query: {max_concurrency: many}\n", "query.max_concurrency", "positive integer"),
+        ("query: {limit: 5}\n", "query.limit", "max_samples"),
     ],
 )
 def test_config_errors_name_file_key_and_allowed(
@@ -120,6 +119,13 @@ def test_config_errors_name_file_key_and_allowed(
     assert str(f) in msg
     assert key in msg
     assert allowed in msg
+
+
+def test_query_limits_default_to_prometheus_and_are_configurable() -> None:
+    q = parse_config({}).query
+    assert (q.timeout, q.max_samples, q.lookback_delta) == (120.0, 50_000_000, 300.0)
+    q = parse_config({"query": {"timeout": "10s", "max_samples": 1000, "max_concurrency": 2}}).query
+    assert (q.timeout, q.max_samples, q.max_concurrency) == (10.0, 1000, 2)
 
 
 def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:

@@ -8,8 +8,12 @@ secret files that rotate and disappear; and the bad inputs of issue 12 for clien
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,9 @@ from tuner.config import parse_config
 from tuner.daemon import Daemon
 from tuner.errors import ConfigError
 from tuner.httpconfig import SecretFiles, make_client, request_headers
+from tuner.report import render_status
 from tuner.scrape import scrape_all, target_clients
+from tuner.status import read_status
 from tuner.store import Matcher
 from tuner.web import Request, Response, Route, WebConfigWatcher, WebServer
 
@@ -212,7 +218,10 @@ def test_secrets_stay_out_of_errors_logs_and_metrics(pki: PKI, tmp_path: Path, s
     finally:
         daemon.stop()
     assert outcome.error_kind == "http_status"
-    for text in (outcome.error, caplog.text, metrics, repr(cfg)):
+    status = read_status(cfg)
+    shown = render_status(status) + json.dumps(status.to_json())
+    assert [(t.name, t.up) for t in status.targets] == [("s", False)]
+    for text in (outcome.error, caplog.text, metrics, repr(cfg), shown):
         assert "not-the-password-5e1" not in text
 
 
@@ -268,3 +277,24 @@ def test_alertmanager_and_prometheus_http_config_are_parsed(pki: PKI, tmp_path: 
     with pytest.raises(ConfigError, match=r"prometheus_http_config\.basic_auth\.password:"):
         _cfg(tmp_path, [], prometheus_http_config={"basic_auth": {"username": "u",
                                                                   "password": "x"}})
+
+
+def test_https_target_that_speaks_plain_http_is_a_tls_error(tmp_path: Path, serve: Any) -> None:
+    plain = serve()
+    url = plain.url.replace("http://", "https://")
+    out = _scrape(_cfg(tmp_path, [{"name": "p", "url": url}]))
+    assert out["p"].error_kind == "tls" and out["p"].error.startswith(f"{url}: TLS: ")
+
+
+def test_http_config_file_with_an_inline_secret_exits_2_naming_file_and_key(
+        tmp_path: Path) -> None:
+    bad = tmp_path / "http.yml"
+    bad.write_text("basic_auth: {username: u, password: hunter2-inline}\n")
+    out = subprocess.run([sys.executable, "-m", "tuner", "suggest", "--prometheus",
+                          "https://127.0.0.1:1", "--http-config-file", str(bad)],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": os.getcwd()}, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert f"{bad}: basic_auth.password: secrets and certificates are read only from files" \
+        in out.stderr
+    assert "hunter2-inline" not in out.stderr + out.stdout

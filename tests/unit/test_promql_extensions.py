@@ -17,6 +17,7 @@ import pytest
 
 from tuner.errors import QueryError, QueryTimeoutError
 from tuner.promql import Engine, QueryLimits, Subquery, parse_expr
+from tuner.promql.lexer import go_regexp
 from tuner.promql.timing import resolve, selector_spans, subquery_grid
 from tuner.store import Store
 
@@ -244,3 +245,19 @@ def test_a_long_subquery_stops_at_the_query_deadline(counter: Engine, store: Sto
     with pytest.raises(QueryTimeoutError, match="query timed out in expression evaluation"):
         engine.instant("max_over_time(rate(x[5m])[2h:1s])", T0 + 7200)  # 7,201 grid points
     assert next(ticks) < 100  # stopped at the deadline, not after the whole grid
+
+
+def test_go_regexp_inline_flags_anywhere(store: Store) -> None:
+    """RE2 takes ``(?i)`` mid-pattern (to the end of its group); Python only at the start."""
+    assert go_regexp("((?i)PRO).*") == "((?i:PRO)).*"
+    assert go_regexp("(?i)abc") == "(?i:abc)"  # PromQL anchors (wraps) every pattern
+    assert go_regexp("(a|(?s)b.)c[(?i)]") == "(a|(?s:b.))c[(?i)]"  # classes are literal
+    for g in ("production", "canary", "PRODUCTION"):
+        put(store, "http_requests", {"group": g}, [(0, 1.0)])
+    e = Engine(store)
+    assert {dict(k)["group"] for k in vec(e, 'http_requests{group=~"((?i)PRO).*"}', 10)} == {
+        "production", "PRODUCTION"}
+    assert {dict(k)["group"] for k in vec(e, 'http_requests{group!~".*((?i)TION)"}', 10)} == {
+        "canary"}
+    got = vec(e, 'label_replace(http_requests, "g", "$1", "group", "(?i)(prod)uction")', 10)
+    assert sorted(dict(k).get("g", "") for k in got) == ["", "PROD", "prod"]

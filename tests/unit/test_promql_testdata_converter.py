@@ -48,7 +48,8 @@ eval instant at 5m fast + on() group_left slow
 eval instant at 5m count_over_time(fast[1m:20s])
   {} 4
 
-eval instant at 1m nothing
+eval instant at 1m fast offset -1m
+  fast 12
 """
 
 
@@ -68,7 +69,7 @@ def test_parse_cases_with_their_loads(script: Path) -> None:
     assert cases[0].eval_time_ms == 3_000_000 and cases[0].expected == (("{}", 300.0),)
     assert cases[1].expected == (("{}", 2.0),)  # a bare number: a scalar result
     assert len(cases[0].series) == 3 and len(cases[4].series) == 2  # clear empties the storage
-    assert cases[6].expected == ()
+    assert cases[6].expected == (("fast", 12.0),)
 
 
 def test_converted_files_run_as_promtool_would(script: Path, tmp_path: Path) -> None:
@@ -87,6 +88,11 @@ def test_converted_files_run_as_promtool_would(script: Path, tmp_path: Path) -> 
     mixed = yaml.safe_load(unit_test_yaml(cases[4]))["tests"][0]
     assert mixed["interval"] == "10s"
     assert mixed["input_series"][1]["values"].startswith("0.0 _x5 1.0 _x5 2.0")
+    # promtool loads samples only up to its last eval_time: a check at the last sample makes
+    # it load them all, as Prometheus's own runner does (for @ and negative offsets)
+    late = yaml.safe_load(unit_test_yaml(cases[6]))["tests"][0]["promql_expr_test"]
+    assert late[1] == {"expr": "vector(1)", "eval_time": "5m",
+                       "exp_samples": [{"labels": "{}", "value": 1}]}
     files = write_cases(cases, tmp_path / "out")
     results = {Path(r.path).name: r for r in run_test_files(list(files))}
     failed = {name for name, r in results.items() if not r.ok}

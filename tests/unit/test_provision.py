@@ -188,6 +188,12 @@ def test_provision_writes_every_file_with_config_values(tmp_path: Path) -> None:
     assert slo_rules != rule_files(SLO())["slo.yaml"]
     provider = yaml.safe_load((out / "grafana/provisioning/dashboards/tuner.yaml").read_text())
     assert provider["providers"][0]["options"]["path"] == str((out / "grafana/dashboards").resolve())
+    sources = yaml.safe_load((out / "grafana/provisioning/datasources/tuner.yaml").read_text())
+    by_uid = {d["uid"]: d for d in sources["datasources"]}
+    assert set(by_uid) == {"prometheus", "tuner-sidecar"}  # the sidecar's API, for hosts
+    assert by_uid["tuner-sidecar"]["url"] == "http://localhost:9464"  # without Prometheus
+    assert by_uid["tuner-sidecar"]["type"] == "prometheus"  # the dashboards' variable lists it
+    assert [d["isDefault"] for d in sources["datasources"]] == [True, False]
     am = yaml.safe_load((out / "alertmanager/alertmanager.yml").read_text())
     assert am["inhibit_rules"][0]["equal"] == ["instance", "family"]
     assert {r["matchers"][0] for r in am["route"]["routes"]} == {

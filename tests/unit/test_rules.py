@@ -335,6 +335,19 @@ def test_promql_only_test_files_are_accepted(tmp_path: Path, head: str,
     assert "exp: [{} 64]" in res.failures[0] and "got: [{} 63]" in res.failures[0]
 
 
+def test_an_alert_test_of_a_name_without_a_rule_expects_no_alerts(tmp_path: Path) -> None:
+    """As promtool: an alertname no rule defines fires nothing, so [] expected passes."""
+    (tmp_path / "r.yaml").write_text("groups:\n- name: g\n  rules:\n  - {alert: A, expr: up == 0}\n")
+    p = tmp_path / "t.yaml"
+    p.write_text("rule_files: [r.yaml]\ntests:\n- interval: 1m\n"
+                 "  input_series: [{series: up, values: '1 1 1'}]\n"
+                 "  alert_rule_test: [{eval_time: 2m, alertname: B}]\n")
+    assert run_test_files([p])[0].ok
+    p.write_text(p.read_text().replace("alertname: B}", "alertname: B, exp_alerts: [{}]}"))
+    res = run_test_files([p])[0]
+    assert not res.ok and "alertname: B, time: 2m" in res.failures[0]
+
+
 def test_tuner_rules_test_passes_the_shipped_promtool_tests(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -166,7 +166,7 @@ class KubernetesCanary:
     def __init__(self, spec: LaunchSpec, template: Mapping[str, Any], name: str,
                  log_path: Path, namespace: str = "default", health_timeout: float = 900.0,
                  labels: Mapping[str, str] | None = None,
-                 http_ok: Callable[[str], bool] = http_ok) -> None:
+                 http_ok: Callable[[str], bool] = http_ok, scheme: str = "http") -> None:
         self.spec = spec
         self.template = template
         self.name = name
@@ -174,7 +174,8 @@ class KubernetesCanary:
         self.namespace = namespace
         self.health_timeout = health_timeout
         self.labels = dict(labels or {})
-        self._http_ok = http_ok
+        self._http_ok = http_ok  # with the canaries' TLS and credentials (tuner.httpconfig)
+        self.scheme = scheme
         self._api: Any = None
         self._created = False  # a pod exists that stop() must delete
         self.handle: CanaryHandle | None = None
@@ -252,8 +253,8 @@ class KubernetesCanary:
                 if pod.status.phase in ("Failed", "Succeeded"):
                     raise CanaryFailed("exit", f"pod phase {pod.status.phase}", self._save_log())
                 ip = pod.status.pod_ip
-                if ip and self._http_ok(f"http://{ip}:{port}/health"):
-                    url = f"http://{ip}:{port}"
+                if ip and self._http_ok(f"{self.scheme}://{ip}:{port}/health"):
+                    url = f"{self.scheme}://{ip}:{port}"
                     self.handle = CanaryHandle(url=url, port=port, pid=0, log_path=self.log_path,
                                                metrics_url=url + "/metrics")
                     return self.handle

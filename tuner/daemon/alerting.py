@@ -14,7 +14,7 @@ from tuner.config import Config
 from tuner.errors import TunerError
 from tuner.notify import Notifier
 from tuner.promql import Engine, Querier
-from tuner.rules import AlertState, RuleEngine, load_configured_rules
+from tuner.rules import AlertState, RuleEngine, RuleStatus, load_configured_rules
 from tuner.store import Store
 
 log = logging.getLogger("tuner.daemon")
@@ -33,7 +33,7 @@ class Alerting:
     """
 
     def __init__(self, config: Config, store: Store, registry: CollectorRegistry,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, scheme: str = "http") -> None:
 
         self.config = config
         self.clock = clock
@@ -51,7 +51,7 @@ class Alerting:
         self.engine = RuleEngine(
             rules, querier, writer=writer, documents=store,
             default_interval=config.evaluation_interval,
-            external_url=f"http://{config.listen}",
+            external_url=f"{scheme}://{config.listen}",  # https behind the listener's TLS
         )
         restored = self.engine.restore()
         if restored:
@@ -100,6 +100,11 @@ class Alerting:
                 log.error("rule evaluation: %s", err)
             self.notifier.send(report.to_send)
             self.duration.set(time.monotonic() - start)
+
+    def rule_statuses(self) -> list[RuleStatus]:
+        """Every rule's health and alerts, for ``/api/v1/rules`` and ``/api/v1/alerts``."""
+        with self._lock:  # evaluate() mutates the rule states
+            return self.engine.rule_statuses()
 
     def current_alerts(self) -> list[AlertState]:
         """Pending and firing alerts now (the status page's view), read under the job's lock."""

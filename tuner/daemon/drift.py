@@ -161,7 +161,8 @@ class DriftWatch:
         return AlertState(
             alertname=ALERT_NAME, group="tuner-drift", source="tuner drift check",
             labels={"alertname": ALERT_NAME, "severity": "warning", "family": "workload"},
-            annotations=annotations, state=AlertStatus.FIRING, value=drift.distance,
+            annotations={**annotations, "runbook_url": "rules/RUNBOOK.md#workloaddrift"},
+            state=AlertStatus.FIRING, value=drift.distance,
             active_at=active, fired_at=active,
             valid_until=now + 4 * self.settings.interval,
             generator_url=f"{self.external_url}/metrics",

@@ -1,5 +1,6 @@
-"""The sidecar daemon: scrape targets on a schedule into the store, serve /metrics and /healthz
-(and the status page at ``/``, ``tuner.web.page``).
+"""The sidecar daemon: scrape targets on a schedule into the store, serve /metrics, /healthz,
+the status page at ``/`` (``tuner.web.page``) and the Prometheus query API
+(``tuner.web.api``) over the store.
 
 ``Daemon`` wires the pieces together with APScheduler (3.x): a scrape job every
 ``scrape_interval`` and a retention job every minute; other features (rule evaluation,
@@ -32,12 +33,14 @@ from tuner.daemon.drift import DriftWatch
 from tuner.daemon.triggers import now_dt, suggest_trigger
 from tuner.daemon.tuning import TuningWindow
 from tuner.errors import StoreError, TunerError
+from tuner.exposition import MetricMetadata
 from tuner.ingest import Ingest, IngestReport
-from tuner.promql import Engine
+from tuner.promql import Engine, QueryLimits
 from tuner.scrape import ScrapeOutcome, scrape_all, target_clients
 from tuner.store import Store
 from tuner.web import (
     PageSources,
+    PrometheusApi,
     Request,
     Response,
     Route,
@@ -134,10 +137,19 @@ class Daemon:
         self.last_cycle: float | None = None
         self.stopped = threading.Event()
         try:
-            self.alerting = Alerting(config, self.store, self.registry, clock)
+            self.alerting = Alerting(config, self.store, self.registry, clock,
+                                     scheme=self.web.scheme)
         except TunerError:
             self.store.close()  # bad rules: refuse to start
             raise
+        q = config.query
+        self._metadata: dict[str, tuple[MetricMetadata, ...]] = {}  # target -> newest scrape's
+        self.api = PrometheusApi(
+            self.store, limits=QueryLimits(q.timeout, q.max_samples),
+            lookback_delta=q.lookback_delta, rules=self.alerting, metadata=self,
+            evaluation_interval=config.evaluation_interval, max_concurrency=q.max_concurrency,
+            worker_store=self.store.path, clock=clock)
+        self.web.add_routes(self.api.routes())
         self.drift: DriftWatch | None = None
         if config.drift.enabled:
             self.drift = DriftWatch(config, Engine(reader=self.store), self.alerting.notifier,
@@ -176,6 +188,8 @@ class Daemon:
             log.warning("scrape %s failed (%s): %s", target.name, outcome.error_kind, outcome.error)
         if outcome.duplicates:
             m.errors.labels("duplicate_series", target.name).inc(outcome.duplicates)
+        if outcome.up:
+            self._metadata[target.name] = outcome.metadata
         m.target_up.labels(target.name).set(1 if outcome.up else 0)
         m.last_scrape.labels(target.name).set(outcome.ts)
         m.scrape_duration.labels(target.name).observe(outcome.duration)
@@ -189,6 +203,16 @@ class Daemon:
         m.samples_stored.inc(report.stored)
         m.dropped.inc(report.dropped)
         m.retry_buffer.set(report.pending)
+
+    def metadata(self) -> dict[str, list[dict[str, str]]]:
+        """TYPE/HELP/UNIT of every family in each target's newest scrape (``/api/v1/metadata``)."""
+        out: dict[str, list[dict[str, str]]] = {}
+        for metas in list(self._metadata.values()):
+            for meta in metas:
+                entry = {"type": meta.type, "help": meta.help, "unit": meta.unit}
+                if entry not in out.setdefault(meta.name, []):
+                    out[meta.name].append(entry)
+        return out
 
     def housekeeping(self) -> None:
         """Retention, size bound and WAL checkpoint; refreshes the store-size gauge."""
@@ -276,11 +300,13 @@ class Daemon:
             )
         self.scheduler.start()
         log.info(
-            "tuner daemon: %d targets every %gs, store %s, listening on %s",
+            "tuner daemon: %d targets every %gs, store %s, listening on %s://%s%s",
             len(self.config.targets),
             self.config.scrape_interval,
             self.config.store.path,
+            self.web.scheme,
             self.config.listen,
+            " (basic auth)" if self.web.security.config.users else "",
         )
 
     def scheduled_suggest(self) -> None:
@@ -327,6 +353,7 @@ class Daemon:
         with self._lock:
             self._count(self.ingest.flush())
         self.web.stop()
+        self.api.close()
         self.page.close()
         self._pool.shutdown(wait=True)
         for c in {*self.clients.values(), *([self.client] if self.client else [])}:

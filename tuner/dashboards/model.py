@@ -127,6 +127,14 @@ def signal_query(signal: Signal | str, by: str = "instance") -> str:
     return render_signal(sig, "{" + V + "}", by=by, window=RI)
 
 
+def running_and_waiting() -> tuple[Query, ...]:
+    """Running and waiting requests per instance, as panel queries."""
+    return (
+        Query(signal_query("running"), "running {{instance}}"),
+        Query(signal_query("waiting"), "waiting {{instance}}"),
+    )
+
+
 def attainment(metric: str, bound: float, window: str = RI, old: str | None = None) -> str:
     """Fraction of observations at or below ``bound`` (a bucket bound) over ``window``."""
     le = le_regex(bound)

@@ -13,6 +13,7 @@ from tuner.dashboards.model import (
     Row,
     V,
     quantiles,
+    running_and_waiting,
     signal_query,
 )
 from tuner.signals import KV_CACHE_USAGE, KV_CAPACITY_TOKENS, WAITING_BY_REASON
@@ -83,10 +84,7 @@ def kv_scheduling() -> Dashboard:
                 (
                     Panel(
                         "Running and waiting by instance",
-                        (
-                            Query(signal_query("running"), "running {{instance}}"),
-                            Query(signal_query("waiting"), "waiting {{instance}}"),
-                        ),
+                        running_and_waiting(),
                     ),
                     Panel(
                         "Waiting requests by reason",

@@ -16,6 +16,7 @@ from tuner.dashboards.model import (
     attainment,
     fmt_seconds,
     quantiles,
+    running_and_waiting,
     signal_query,
     textbox_variable,
 )
@@ -184,10 +185,7 @@ def overview(slo: SLO, dollars_per_hour: float) -> Dashboard:
                 (
                     Panel(
                         "Running and waiting requests",
-                        (
-                            Query(signal_query("running"), "running {{instance}}"),
-                            Query(signal_query("waiting"), "waiting {{instance}}"),
-                        ),
+                        running_and_waiting(),
                         width=8,
                     ),
                     Panel(

@@ -31,6 +31,7 @@ import httpx
 import numpy as np
 
 from tuner.errors import LoadError
+from tuner.httpconfig import DEFAULT_HTTP_CONFIG, HTTPClientConfig, make_async_client
 from tuner.load.results import LoadResult, RequestRecord, chunk_itls, group_chunks
 from tuner.load.spec import KEEPALIVE_SECONDS, LoadSpec
 
@@ -342,17 +343,18 @@ async def _drive(client: httpx.AsyncClient, url: str, model: str, spec: LoadSpec
     return records, origin_wall, ended
 
 
-def make_client(pool_size: int, request_timeout: float) -> httpx.AsyncClient:
-    """An AsyncClient with a pool of ``pool_size`` connections kept alive for 60 s."""
-    limits = httpx.Limits(max_connections=pool_size, max_keepalive_connections=pool_size,
-                          keepalive_expiry=KEEPALIVE_SECONDS)
-    timeout = httpx.Timeout(request_timeout, connect=10.0)
-    return httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False)
+def make_client(pool_size: int, request_timeout: float,
+                http: HTTPClientConfig = DEFAULT_HTTP_CONFIG) -> httpx.AsyncClient:
+    """An AsyncClient with a pool of ``pool_size`` connections kept alive for 60 s, speaking
+    ``http`` (the canaries' TLS and credentials, ``tuner.httpconfig``)."""
+    return make_async_client(http, timeout=httpx.Timeout(request_timeout, connect=10.0),
+                             max_connections=pool_size, keepalive_expiry=KEEPALIVE_SECONDS)
 
 
 async def run_load(base_url: str, model: str, spec: LoadSpec,
                    client: httpx.AsyncClient | None = None,
-                   should_stop: ShouldStop | None = None) -> LoadResult:
+                   should_stop: ShouldStop | None = None,
+                   http_config: HTTPClientConfig = DEFAULT_HTTP_CONFIG) -> LoadResult:
     """Warm up, then drive ``spec`` against ``base_url`` (e.g. http://127.0.0.1:8000).
 
     ``should_stop`` (asked every ``STOP_POLL_S`` during the measured window with the records
@@ -364,7 +366,7 @@ async def run_load(base_url: str, model: str, spec: LoadSpec,
     rng = np.random.default_rng(spec.seed)
     plan = _Plan(spec, rng)
     own = client is None
-    http = client or make_client(spec.pool_size, spec.request_timeout)
+    http = client or make_client(spec.pool_size, spec.request_timeout, http_config)
     try:
         if spec.warmup_requests:
             await _drive(http, url, model, spec, plan, rng, spec.warmup_requests,
@@ -382,6 +384,8 @@ async def run_load(base_url: str, model: str, spec: LoadSpec,
 
 
 def run_load_sync(base_url: str, model: str, spec: LoadSpec,
-                  should_stop: ShouldStop | None = None) -> LoadResult:
+                  should_stop: ShouldStop | None = None,
+                  http_config: HTTPClientConfig = DEFAULT_HTTP_CONFIG) -> LoadResult:
     """``run_load`` in a fresh event loop (for callers without one)."""
-    return asyncio.run(run_load(base_url, model, spec, should_stop=should_stop))
+    return asyncio.run(run_load(base_url, model, spec, should_stop=should_stop,
+                                http_config=http_config))

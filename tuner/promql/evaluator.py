@@ -34,6 +34,7 @@ from tuner.promql.functions import (
     quantile,
     scalar_binop,
 )
+from tuner.promql.lexer import go_regexp
 from tuner.promql.matching import set_op, vector_binop, vector_scalar
 from tuner.promql.results import SeriesReader
 from tuner.promql.syntax import (
@@ -419,7 +420,7 @@ def _label_join(val: Vec, dst: str, sep: str, srcs: list[str]) -> Vec:
 
 
 def _label_replace(val: Vec, dst: str, repl: str, src: str, regex: str) -> Vec:
-    rx = re.compile(f"^(?:{regex})$", re.DOTALL)
+    rx = re.compile(f"^(?:{go_regexp(regex)})$", re.DOTALL)
     labels: list[Labels] = []
     for lbls in val.labels:
         m = rx.match(get_label(lbls, src))

@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from tuner.config import parse_duration_ms as config_duration_ms
 from tuner.errors import QueryError
+from tuner.units import parse_duration_ms as config_duration_ms
 
 _DURATION_RE = re.compile(r"(?:\d+(?:ms|y|w|d|h|m|s))+(?![A-Za-z0-9_])")
 _NUMBER_RE = re.compile(
@@ -164,3 +164,52 @@ def lex(text: str) -> list[Token]:
             raise QueryError(f"unexpected character {c!r} at position {i}")
     toks.append(Token(TokenKind.EOF, "", n))
     return toks
+
+
+_INLINE_FLAGS_RE = re.compile(r"\(\?([imsU]+)\)")
+
+
+def go_regexp(pattern: str) -> str:
+    """A Go (RE2) regular expression in Python's syntax: inline flags made scoped.
+
+    In Go ``(?i)`` may stand anywhere and holds to the end of the enclosing group
+    (``((?i)PRO).*``); Python only takes flags at the very start of a whole pattern (and
+    PromQL's anchoring wraps the pattern, so none is at the start). Each ``(?flags)`` becomes
+    ``(?flags:`` closed where its group closes. Character classes and escapes are skipped.
+    """
+    if "(?" not in pattern:
+        return pattern
+    out: list[str] = []
+    extra: list[int] = [0]  # scoped groups opened per nesting level, closed with that level
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        if c == "[":  # a class: copy to its closing bracket (a leading ']' or '^]' is literal)
+            j = i + 1
+            if j < n and pattern[j] == "^":
+                j += 1
+            if j < n and pattern[j] == "]":
+                j += 1
+            while j < n and pattern[j] != "]":
+                j += 2 if pattern[j] == "\\" else 1
+            out.append(pattern[i : j + 1])
+            i = j + 1
+            continue
+        m = _INLINE_FLAGS_RE.match(pattern, i)
+        if m:
+            out.append(f"(?{m.group(1)}:")
+            extra[-1] += 1
+            i = m.end()
+            continue
+        if c == "(":
+            extra.append(0)
+        elif c == ")" and len(extra) > 1:
+            out.append(")" * extra.pop())
+        out.append(c)
+        i += 1
+    out.append(")" * extra[0])
+    return "".join(out)

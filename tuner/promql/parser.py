@@ -16,7 +16,7 @@ from dataclasses import replace
 from functools import lru_cache
 
 from tuner.errors import QueryError
-from tuner.promql.lexer import LABEL_NAME_RE, Token, TokenKind, lex
+from tuner.promql.lexer import LABEL_NAME_RE, Token, TokenKind, go_regexp, lex
 from tuner.promql.syntax import (
     AGGREGATORS,
     COMPARISONS,
@@ -81,6 +81,17 @@ class _Parser:
             found = "end of input" if t.kind == TokenKind.EOF else repr(t.text)
             raise QueryError(f"expected {op!r} {what}, found {found} at position {t.pos}")
         return t
+
+    def arguments(self, closing: str) -> list[Expr]:
+        """Comma-separated expressions up to and including the ``)`` (``closing`` says which)."""
+        args: list[Expr] = []
+        while not self.at_op(")"):
+            args.append(self.expr(0))
+            if not self.at_op(","):
+                break
+            self.next()
+        self.expect_op(")", closing)
+        return args
 
     def error(self, msg: str, tok: Token | None = None) -> QueryError:
         tok = tok or self.peek()
@@ -350,13 +361,15 @@ class _Parser:
                 if vt.kind != TokenKind.STRING:
                     raise self.error("expected a quoted string as label value", vt)
                 assert isinstance(vt.value, str)
+                value = vt.value
                 if op.text in ("=~", "!~"):
+                    value = go_regexp(value)
                     try:
-                        re.compile(vt.value)
+                        re.compile(value)
                     except re.error as exc:
                         raise self.error(f"invalid regular expression {vt.value!r}: {exc}",
                                          vt) from None
-                matchers.append(Matcher(lt.text, op.text, vt.value))
+                matchers.append(Matcher(lt.text, op.text, value))
                 if not self.at_op(","):
                     break
                 self.next()
@@ -380,13 +393,7 @@ class _Parser:
                 raise self.error(f"unsupported function {name!r}".replace("'", '"'), t)
             raise self.error(f'unknown function "{name}"', t)
         self.expect_op("(", "after function name")
-        args: list[Expr] = []
-        while not self.at_op(")"):
-            args.append(self.expr(0))
-            if not self.at_op(","):
-                break
-            self.next()
-        self.expect_op(")", f"to close the call of {name}()")
+        args = self.arguments(f"to close the call of {name}()")
         spec = FUNCS[name]
         most = 10**6 if spec.variadic else len(spec.args)
         if not (len(spec.args) - spec.optional <= len(args) <= most):
@@ -409,7 +416,7 @@ class _Parser:
             rx = unparen(args[4])
             assert isinstance(rx, StringLiteral)
             try:
-                re.compile(rx.value)
+                re.compile(go_regexp(rx.value))
             except re.error as exc:
                 raise self.error(f"invalid regular expression in label_replace(): {rx.value}: "
                                  f"{exc}", t) from None
@@ -436,13 +443,7 @@ class _Parser:
             grouping = self.label_list()
             seen_mod = True
         self.expect_op("(", f"after {op}")
-        args: list[Expr] = []
-        while not self.at_op(")"):
-            args.append(self.expr(0))
-            if not self.at_op(","):
-                break
-            self.next()
-        self.expect_op(")", f"to close {op}(...)")
+        args = self.arguments(f"to close {op}(...)")
         if self.at_word("by", "without"):
             if seen_mod:
                 raise self.error("aggregation modifier given twice")

@@ -74,7 +74,8 @@ class TuneLiveView:
         self.live.update(self._render())
 
     def trial_finished(self, trial: Trial, planned: int) -> None:
-        color = {"ok": "green", "slo": "yellow", "failed": "red"}.get(trial.state, "white")
+        color = {"ok": "green", "slo": "yellow", "failed": "red",
+                 "stopped": "magenta"}.get(trial.state, "white")
         m = trial.measurement
         self.rows[trial.number] = [
             str(trial.number), trial.kind, f"[{color}]{trial.state}",

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 STATE_COLORS = {"ok": "tab:green", "slo": "tab:orange", "failed": "tab:red",
-                "rejected": "tab:gray"}
+                "rejected": "tab:gray", "stopped": "tab:purple"}
 BASELINE_COLOR = "tab:blue"
 WINNER_COLOR = "gold"
 

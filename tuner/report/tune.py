@@ -101,6 +101,8 @@ def _cand_json(c: Candidate | None) -> dict[str, Any] | None:
         "flags": dict(c.flags),
         "trials": [t.number for t in c.runs],
         "objective_mean": _finite(c.mean),
+        "objective_median": _finite(c.median),
+        "objective_mad": _finite(c.mad),
         "objective_stdev": _finite(c.stdev),
         "objective_runs": vals,
         "feasible": c.feasible,
@@ -294,11 +296,12 @@ def render_tune_report(outcome: TuneOutcome) -> str:
     def pair(fn: Any) -> str:
         return f"{fn(b) if b is not None else '-'} | {fn(w) if w is not None else '-'}"
 
-    def mean_sd(c: Candidate) -> str:
-        sd = c.stdev
-        return fmt_value(c.mean, unit) + ("" if sd != sd else f" ± {fmt_value(sd, unit)}")
+    def median_mad(c: Candidate) -> str:
+        mad = c.mad
+        return fmt_value(c.median, unit) + ("" if mad != mad else f" ± {fmt_value(mad, unit)}")
 
-    lines.append(f"| {cfg.objective.kind} ({unit}), mean ± sd | {pair(mean_sd)} |")
+    lines.append(f"| {cfg.objective.kind} ({unit}), median ± MAD of fresh-canary runs | "
+                 f"{pair(median_mad)} |")
     lines.append(f"| runs | {pair(lambda c: str(len(c.values)))} |")
     lines.append(f"| output tok/s | {pair(lambda c: fmt_value(_mean_metric(c, 'output_tok_per_s'), 'tok/s'))} |")  # noqa: E501
     lines.append(f"| p99 TTFT | {pair(lambda c: fmt_ms(_mean_metric(c, 'ttft_p99')))} |")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -179,6 +180,18 @@ class EvalReport:
     to_send: tuple[AlertState, ...]
 
 
+@dataclass(frozen=True)
+class RuleStatus:
+    """One rule as ``/api/v1/rules`` reports it; ``last_eval`` 0 means not evaluated yet."""
+
+    group: RuleGroup
+    rule: Rule
+    last_error: str
+    last_eval: float
+    eval_seconds: float
+    alerts: tuple[AlertState, ...]  # pending and firing
+
+
 @dataclass
 class _RuleState:
     rule: Rule
@@ -190,6 +203,8 @@ class _RuleState:
     written: set[LabelPairs] = field(default_factory=set)  # series written last time
     last_error: str = ""
     last_doc: str = ""
+    last_eval: float = 0.0  # unix seconds of the last evaluation, 0 = never
+    eval_seconds: float = 0.0  # how long it took
 
     @property
     def key(self) -> str:
@@ -360,6 +375,7 @@ class RuleEngine:
                 if st.group is not g:
                     continue
                 rules += 1
+                st.last_eval, started = ts, time.monotonic()
                 if st.rule.kind is RuleKind.RECORD:
                     pts, err = self._eval_record(st, ts)
                     if pts and self.writer is not None:
@@ -369,6 +385,7 @@ class RuleEngine:
                     err = self._eval_alert(st, ts)
                     to_send.extend(self._needs_sending(st, ts, interval))
                     self._persist(st, ts)
+                st.eval_seconds = time.monotonic() - started
                 if err:
                     errors.append(err)
         if self.writer is not None:
@@ -539,6 +556,13 @@ class RuleEngine:
                     continue
                 out.append(self._snapshot(st, a))
         return out
+
+    def rule_statuses(self) -> list[RuleStatus]:
+        """Every rule with its health, last evaluation and alerts, group and rule order."""
+        return [RuleStatus(st.group, st.rule, st.last_error, st.last_eval, st.eval_seconds,
+                           tuple(self._snapshot(st, a) for a in st.active.values()
+                                 if a.state is not AlertStatus.INACTIVE))
+                for st in self._states]
 
     def firing(self, alertname: str) -> list[AlertState]:
         return [a for a in self.alerts(False) if a.alertname == alertname

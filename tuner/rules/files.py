@@ -25,11 +25,12 @@ from typing import Any
 
 import yaml
 
-from tuner.config import SLO, parse_duration
+from tuner.config import SLO
 from tuner.errors import QueryError, RuleError, TemplateError
 from tuner.promql import check_expr
 from tuner.rules.render import render_rule_files
 from tuner.rules.templates import parse_template
+from tuner.units import parse_duration
 
 _METRIC_NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")

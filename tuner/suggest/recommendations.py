@@ -297,17 +297,30 @@ def _headroom(v: WindowView) -> tuple[bool | None, str]:
     return kv and compute, f"{kv_text}; {how}"
 
 
-def max_num_queued_reqs_up(v: WindowView, findings: Findings) -> Rec | Skip | None:
-    """Refused by the requests cap while KV and compute had headroom: a longer queue."""
-    n = _refused(v, "max_num_queued_reqs")
+def _refused_with_room(v: WindowView, reason: str, flag: str) -> tuple[float, str] | Skip | None:
+    """Requests the ``reason`` cap refused while KV and compute had headroom, with the figures.
+
+    ``None`` when the cap refused nothing or the server had no room; a ``Skip`` naming ``flag``
+    when the headroom could not be judged.
+    """
+    n = _refused(v, reason)
     if n < 0.5:
         return None
     room, figures = _headroom(v)
     if room is None:
-        return Skip(f"--max-num-queued-reqs up: {n:,.0f} requests were refused by it, but "
+        return Skip(f"{flag} up: {n:,.0f} requests were refused by it, but "
                     f"headroom could not be judged ({figures})")
     if not room:
         return None
+    return n, figures
+
+
+def max_num_queued_reqs_up(v: WindowView, findings: Findings) -> Rec | Skip | None:
+    """Refused by the requests cap while KV and compute had headroom: a longer queue."""
+    refused = _refused_with_room(v, "max_num_queued_reqs", "--max-num-queued-reqs")
+    if not isinstance(refused, tuple):
+        return refused
+    n, figures = refused
     cur = v.current("max-num-queued-reqs")
     seqs = as_number(v.current("max-num-seqs").value)
     now = as_number(cur.value)
@@ -325,15 +338,10 @@ def max_num_queued_reqs_up(v: WindowView, findings: Findings) -> Rec | Skip | No
 
 def max_num_queued_tokens_up(v: WindowView, findings: Findings) -> Rec | Skip | None:
     """Refused by the queued-tokens cap while KV and compute had headroom: a larger cap."""
-    n = _refused(v, "max_num_queued_tokens")
-    if n < 0.5:
-        return None
-    room, figures = _headroom(v)
-    if room is None:
-        return Skip(f"--max-num-queued-tokens up: {n:,.0f} requests were refused by it, but "
-                    f"headroom could not be judged ({figures})")
-    if not room:
-        return None
+    refused = _refused_with_room(v, "max_num_queued_tokens", "--max-num-queued-tokens")
+    if not isinstance(refused, tuple):
+        return refused
+    n, figures = refused
     cur = v.current("max-num-queued-tokens")
     now = as_number(cur.value)
     sized = v.slo.ttft_p99_seconds * v.prefill_capacity

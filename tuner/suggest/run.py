@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tuner.config import Config, format_duration
+from tuner.config import Config
 from tuner.errors import SuggestError, TunerError
 from tuner.source import LocalSource, PrometheusSource, Source
 from tuner.suggest.analysis import analyze
@@ -31,6 +31,7 @@ from tuner.suggest.window import (
     make_window,
     validate_selector,
 )
+from tuner.units import format_duration
 from tuner.workload import fingerprint, iso
 
 if TYPE_CHECKING:

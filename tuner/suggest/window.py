@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from tuner.config import format_duration, parse_duration
 from tuner.errors import SuggestError
 from tuner.signals import (
     ADMISSION_REJECTIONS_BY_REASON,
@@ -35,6 +34,7 @@ from tuner.signals import (
     split_matchers,
 )
 from tuner.source import Source
+from tuner.units import format_duration, parse_duration
 from tuner.workload import fingerprint, iso
 
 DISPLAY_LABELS = ("model_name", "namespace", "deployment", "pod", "instance")

@@ -27,6 +27,12 @@ import yaml
 from tuner.canary import DEFAULT_COMMAND, RESERVED_FLAGS, CanaryBackend, LaunchSpec
 from tuner.config import _Reader, read_yaml
 from tuner.errors import ConfigError
+from tuner.httpconfig import (
+    DEFAULT_HTTP_CONFIG,
+    HTTP_CONFIG_KEYS,
+    HTTPClientConfig,
+    parse_http_config,
+)
 from tuner.tune.cpus import CpuMode, CpuRequest, parse_cpu_list
 from tuner.tune.parse_load import build_load_spec
 from tuner.tune.parse_space import expand_env, parse_flags, parse_space
@@ -120,6 +126,8 @@ class CanaryConfig:
     omp_binds: tuple[str, ...] = ()
     pod_template: Mapping[str, Any] | None = None
     namespace: str = "default"
+    scheme: str = "http"  # kubernetes canaries: how their vLLM endpoints are reached
+    http: HTTPClientConfig = DEFAULT_HTTP_CONFIG  # TLS, credentials of those endpoints
 
     def __post_init__(self) -> None:  # "local" and CanaryBackend.LOCAL are the same backend
         object.__setattr__(self, "backend", CanaryBackend(self.backend))
@@ -171,7 +179,8 @@ _SLO_KEYS = _keys("ttft_p99_seconds", "itl_p99_seconds", "e2e_p99_seconds", "err
 _BUDGET_KEYS = _keys("trials", "wall_time")
 _NOISE_KEYS = _keys(*Noise.__dataclass_fields__)
 _OPT_KEYS = _keys(*OptimizerConfig.__dataclass_fields__)
-_CANARY_KEYS = _keys("backend", "health_timeout", "scrape_interval", "omp_binds",
+_CANARY_KEYS = _keys("backend", "health_timeout", "scrape_interval", "omp_binds", "scheme",
+                     "http_config",
                      "pod_template", "namespace")
 _REPORT_KEYS = _keys("container_name")
 
@@ -417,10 +426,21 @@ def _parse_canary(r: _Reader, raw: Any, base_dir: Path) -> CanaryConfig:
         omp_binds=tuple(str(b) for b in binds),
         pod_template=template,
         namespace=r.string(cn.get("namespace", "default"), "canary.namespace"),
+        scheme=_canary_scheme(r, cn.get("scheme", "http")),
+        http=parse_http_config(
+            r.mapping(cn.get("http_config"), "canary.http_config",
+                      dict.fromkeys(HTTP_CONFIG_KEYS, "")),
+            r.fail, "canary.http_config", base_dir),
     )
     if canary.health_timeout <= 0 or canary.scrape_interval <= 0:
         raise r.fail("canary", "health_timeout and scrape_interval must be greater than 0s")
     return canary
+
+
+def _canary_scheme(r: _Reader, value: Any) -> str:
+    if value not in ("http", "https"):
+        raise r.fail("canary.scheme", f"{value!r} is not allowed; use http or https")
+    return str(value)
 
 
 def _pod_template(r: _Reader, cn: Mapping[str, Any], base_dir: Path) -> Mapping[str, Any]:

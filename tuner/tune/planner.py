@@ -30,7 +30,7 @@ from tuner.tune.optimizer import AskTell, initial_design, propose
 from tuner.tune.parse_load import build_load_spec
 from tuner.tune.records import BASELINE_SUBJECT, Trial, TrialKind, TrialState, subject_of
 from tuner.tune.space import apply_constraints, point_key
-from tuner.tune.verdict import Comparison, edge_of_range
+from tuner.tune.verdict import Comparison, edge_of_range, median_mad
 from tuner.tune.verdict import compare as verdict_compare
 
 
@@ -94,6 +94,16 @@ class Candidate:
         return statistics.stdev(vals) if len(vals) > 1 else math.nan
 
     @property
+    def median(self) -> float:
+        """The median of the runs' objective (robust to one slow restart)."""
+        return median_mad(self.values)[0]
+
+    @property
+    def mad(self) -> float:
+        """The runs' scaled median absolute deviation (an sd estimate; NaN for one run)."""
+        return median_mad(self.values)[1]
+
+    @property
     def mean_loss(self) -> float:
         return statistics.fmean(t.loss for t in self.runs)
 
@@ -127,7 +137,8 @@ def finalists(trials: Sequence[Trial], noise: Noise) -> list[Candidate]:
 
 
 def choose_winner(trials: Sequence[Trial], noise: Noise, objective: Objective) -> Candidate | None:
-    """The finalist with the best mean objective among those that met the SLO in most runs.
+    """The finalist with the best median objective among those that met the SLO in most runs
+    (each run on a fresh canary: the median is robust to one slow restart).
 
     Confirmation runs are not used here, so the winner is stable once the repeats are done.
     """
@@ -137,7 +148,7 @@ def choose_winner(trials: Sequence[Trial], noise: Noise, objective: Objective) -
     sign = -1.0 if objective.higher_is_better else 1.0
     feasible.sort(
         key=lambda c: (
-            sign * statistics.fmean(float(t.objective or 0) for t in c.ok_runs),
+            sign * statistics.median(float(t.objective or 0) for t in c.ok_runs),
             c.subject,
         )
     )

@@ -265,7 +265,8 @@ def run_tune(
     if install_signals and threading.current_thread() is threading.main_thread():
         for s in (signal.SIGTERM, signal.SIGINT):
             previous[s] = signal.signal(s, on_signal)
-    client = make_client(max_connections=8)  # scrapes the canaries, as the daemon does
+    # scrapes the canaries, as the daemon does (with their TLS and credentials, if any)
+    client = make_client(max_connections=8, http=cfg.canary.http)
     cpu_plan = search_cpu_plan(cfg, options.parallel)
     for ob in observers:
         ob.search_note(cpu_plan.describe())

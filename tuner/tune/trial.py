@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from tuner.canary import Canary, CanaryBackend, CanaryHandle, KubernetesCanary, LocalCanary
 from tuner.config import Target
 from tuner.errors import CanaryFailed, TunerError
+from tuner.httpconfig import health_probe
 from tuner.ingest import Ingest
 from tuner.load import (
     LoadResult,
@@ -113,6 +114,8 @@ def canary_for(ctx: TrialContext, number: int, flags: Mapping[str, Any], slot: i
             log_path,
             namespace=cfg.canary.namespace,
             health_timeout=cfg.canary.health_timeout,
+            http_ok=health_probe(cfg.canary.http),
+            scheme=cfg.canary.scheme,
         )
     return LocalCanary(spec, log_path, health_timeout=cfg.canary.health_timeout)
 
@@ -337,7 +340,8 @@ def measure_canary(ctx: TrialContext, canary: Canary, handle: CanaryHandle, numb
     should_stop = _stopper(early_stop, ctx.load_spec, scraper, run)
     try:
         result = run_load_sync(handle.url, cfg.launch.served_model_name or cfg.launch.model,
-                               ctx.load_spec, should_stop=should_stop)
+                               ctx.load_spec, should_stop=should_stop,
+                               http_config=cfg.canary.http)
         load_error = ""
     except TunerError as exc:
         result, load_error = None, str(exc)
