@@ -13,7 +13,8 @@
    number of scrapes per second are printed for a quiet window and for a window with two
    clients sending dashboard queries back to back. "During" must not grow.
 
-Usage: ``python benchmarks/query_api.py [--hours 24] [--repeats 3] [--window 20] [--workdir DIR]``
+Usage: ``python benchmarks/query_api.py [--hours 24] [--repeats 3] [--window 20] [--workers 1]
+[--workdir DIR]`` (``--workers``: the sidecar's ``query.max_concurrency``)
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ def main() -> None:
     ap.add_argument("--hours", type=float, default=24.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--window", type=float, default=20.0, help="seconds per scrape window")
+    ap.add_argument("--workers", type=int, default=1, help="the sidecar's query.max_concurrency")
     ap.add_argument("--workdir", default=None, help="keep the store and TSDB here (reused)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,7 +114,8 @@ def run(wd: Path, args: argparse.Namespace) -> None:
     cfg.write_text(
         f"targets: [{{name: gpu, url: '{exporter.url}', kind: dcgm}}]\n"
         "scrape_interval: 1s\nscrape_timeout: 900ms\n"
-        f"store: {{path: {db}, retention: 3650d}}\nlisten: 127.0.0.1:{port}\n")
+        f"store: {{path: {db}, retention: 3650d}}\nlisten: 127.0.0.1:{port}\n"
+        f"query: {{max_concurrency: {args.workers}}}\n")
     log = (wd / "tuner.log").open("wb")
     daemon = subprocess.Popen([sys.executable, "-m", "tuner", "run", "--config", str(cfg)],
                               cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},

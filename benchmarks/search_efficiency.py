@@ -73,10 +73,11 @@ class SurfaceError(Exception):
     """A surface file this benchmark cannot replay (says which file and what is wrong)."""
 
 
-def load_surface(path: Path, flag_knobs: Mapping[str, Any]
+def load_surface(path: Path, flag_knobs: Mapping[str, Any], partial: bool = False
                  ) -> tuple[dict[str, list[int]], dict[Key, list[dict[str, Any]]], dict[str, Any]]:
     """(grid by flag, runs by grid point, the file's data); SurfaceError when the file is not
-    a complete recorded grid over knobs of the tune example."""
+    a complete recorded grid over knobs of the tune example (``partial``: points without a
+    run are left out instead, for a preliminary look at a recording still under way)."""
     try:
         data = json.loads(path.read_text())
     except OSError as exc:
@@ -110,7 +111,9 @@ def load_surface(path: Path, flag_knobs: Mapping[str, Any]
                                "which is not a point of the grid")
         runs[key].append(t)
     missing = [k for k, v in runs.items() if not v]
-    if missing:
+    if missing and partial:
+        runs = {k: v for k, v in runs.items() if v}
+    elif missing:
         raise SurfaceError(
             f"{path}: {len(missing)} of {len(runs)} grid points have no run (e.g. "
             f"{dict(zip(grid, missing[0], strict=True))}): an incomplete surface; finish the "
@@ -124,12 +127,15 @@ def main() -> None:
     ap.add_argument("--initial-points", type=int, default=None,
                     help="override the example's optimizer.initial_points")
     ap.add_argument("--design", default=None, help="override optimizer.initial_design")
+    ap.add_argument("--partial", action="store_true",
+                    help="replay only the grid points that have runs (a preliminary look at an "
+                    "incomplete recording; the figures are then not the full grid's)")
     args = ap.parse_args()
     os.environ.setdefault("TUNER_TINY_MODEL_DIR", "/unused")
     base_cfg = load_tune_config(ROOT / "examples" / "tune-cpu.yaml")
     flag_knobs = {k.flag: k for k in base_cfg.space.knobs}
     try:
-        grid, runs, data = load_surface(args.data, flag_knobs)
+        grid, runs, data = load_surface(args.data, flag_knobs, args.partial)
     except SurfaceError as exc:
         sys.exit(f"search_efficiency: {exc}")
     flags = list(grid)
@@ -139,8 +145,6 @@ def main() -> None:
     over: dict[str, Any] = {"initial_points": args.initial_points,
                             "initial_design": args.design}
     opt_cfg = replace(base_cfg.optimizer, **{k: v for k, v in over.items() if v is not None})
-    if "initial_points" not in {k for k, v in over.items() if v is not None}:
-        opt_cfg = replace(opt_cfg, initial_points=max(opt_cfg.initial_points, 2 * len(flags)))
     cfg = replace(base_cfg, space=space, optimizer=opt_cfg,
                   budget=replace(base_cfg.budget, trials=MAX_TRIALS))
 
@@ -160,9 +164,19 @@ def main() -> None:
     def scale(f: str, v: float) -> float:
         return math.log(v) if flag_knobs[f].log else float(v)
 
+    spans = {f: (scale(f, max(grid[f])) - scale(f, min(grid[f]))) or 1.0 for f in flags}
+    keys = list(runs)
+    scaled = np.array([[scale(f, g) / spans[f] for f, g in zip(flags, key, strict=True)]
+                       for key in keys])
+    snapped: dict[tuple[Any, ...], Key] = {}
+
     def snap(point: Mapping[str, Any]) -> Key:
-        return tuple(min(grid[f], key=lambda g, f=f, k=k: abs(scale(f, g) - scale(f, point[k.name])))
-                     for f, k in zip(flags, knobs, strict=True))
+        """The recorded point nearest ``point`` (each knob in its scale, over its range)."""
+        raw = tuple(point[k.name] for k in knobs)
+        if raw not in snapped:
+            x = np.array([scale(f, v) / spans[f] for f, v in zip(flags, raw, strict=True)])
+            snapped[raw] = keys[int(np.argmin(((scaled - x) ** 2).sum(axis=1)))]
+        return snapped[raw]
 
     def as_point(key: Key) -> dict[str, Any]:
         return {k.name: v for k, v in zip(knobs, key, strict=True)}
@@ -222,11 +236,11 @@ def main() -> None:
 
     def grid_search(seed: int) -> History:
         rng = np.random.default_rng(1000 + seed)
-        return [(k, *measure(k, rng, None)[::2]) for k in product(*grid.values())]
+        return [(k, *measure(k, rng, None)[::2]) for k in product(*grid.values()) if k in runs]
 
     def random_search(seed: int) -> History:
         rng = np.random.default_rng(1000 + seed)
-        keys = list(product(*grid.values()))
+        keys = [k for k in product(*grid.values()) if k in runs]
         return [(keys[i], *measure(keys[i], rng, None)[::2]) for i in rng.permutation(len(keys))]
 
     def trials_to_target(h: History) -> int | None:
@@ -239,6 +253,10 @@ def main() -> None:
     # -- what the surface is -----------------------------------------------------------------
     n_runs = [len(r) for r in runs.values()]
     print(f"surface: {args.data.name}: {data.get('what', 'no description recorded')}")
+    full = math.prod(len(v) for v in grid.values())
+    if len(runs) < full:
+        print(f"  PARTIAL: only {len(runs)} of the grid's {full} points have runs; the figures "
+              "below are over those points only (preliminary)")
     print("  grid: " + " x ".join(f"--{f} {grid[f]}" for f in flags)
           + f" = {len(runs)} points, {min(n_runs)}-{max(n_runs)} fresh-canary runs each "
           f"({sum(n_runs)} trials)")

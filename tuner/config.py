@@ -149,7 +149,7 @@ class QueryConfig:
 
     timeout: float = 120.0
     max_samples: int = 50_000_000
-    max_concurrency: int = 2  # query worker processes (each holds its own interpreter)
+    max_concurrency: int = 1  # query worker processes (1 leaves a core to scraping)
     lookback_delta: float = 300.0
 
 
@@ -426,7 +426,7 @@ def _parse_query(r: _Reader, raw: Any) -> QueryConfig:
     out = QueryConfig(
         timeout=r.duration(q.get("timeout", "2m"), "query.timeout"),
         max_samples=r.positive_int(q.get("max_samples", 50_000_000), "query.max_samples"),
-        max_concurrency=r.positive_int(q.get("max_concurrency", 2), "query.max_concurrency"),
+        max_concurrency=r.positive_int(q.get("max_concurrency", 1), "query.max_concurrency"),
         lookback_delta=r.duration(q.get("lookback_delta", "5m"), "query.lookback_delta"),
     )
     for key in ("timeout", "lookback_delta"):

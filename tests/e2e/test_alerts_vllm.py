@@ -164,6 +164,11 @@ def test_admission_rejections_alert_and_status_on_real_vllm(
         f"store: {{path: {tmp_path / 'tuner.db'}, retention: 1h}}\n"
         f"rule_files: {json.dumps(_short_rules(tmp_path))}\n"
         f"alertmanagers: [{{url: '{alertmanager.url}'}}]\n")
+    # http_requests_total{status="5xx"} is born at a server's first 5xx, already counting it,
+    # and rate() sees no increase in a series' first sample: a warm-up burst before the
+    # daemon starts makes the series exist (vLLM pre-creates the admission counter itself).
+    warm = _overload(server.url, server.model, requests=12, concurrency=12)
+    assert warm.get(503), warm
     daemon = Daemon(load_config(cfg_file))
     daemon.start()
     try:

@@ -26,6 +26,7 @@ from tests.support.tls import PKI, make_pki
 from tuner.config import parse_config
 from tuner.daemon import Daemon
 from tuner.errors import ConfigError
+from tuner.source import PrometheusSource
 from tuner.web import Request, Response, Route, WebConfigWatcher, WebServer, text_response
 from tuner.web.webconfig import load_web_config
 
@@ -367,3 +368,35 @@ def test_daemon_serves_metrics_behind_its_web_config(pki: PKI, tmp_path: Path) -
 def test_healthz_open_must_be_a_bool(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"tuner.yaml: healthz_open: 'no' is not true or false"):
         parse_config({"healthz_open": "no"}, str(tmp_path / "tuner.yaml"))
+
+
+def test_promtool_and_fleet_client_read_the_daemons_query_api_through_tls_and_auth(
+        pki: PKI, tmp_path: Path) -> None:
+    """The sidecar's own Prometheus API (tuner.web.api) behind its web config: promtool (CA via
+    SSL_CERT_FILE, basic auth from the URL) and PrometheusSource (http_config from files)."""
+    _write(tmp_path / "web.yml", _tls_block(pki) + f"basic_auth_users:\n  alice: '{HASH}'\n")
+    (tmp_path / "pw").write_text(PASSWORD + "\n")
+    cfg = parse_config({"listen": "127.0.0.1:0", "store": {"path": "t.db"},
+                        "web_config_file": "web.yml",
+                        "prometheus_http_config": {"tls_config": {"ca_file": str(pki.ca)},
+                                                   "basic_auth": {"username": "alice",
+                                                                  "password_file": "pw"}}},
+                       str(tmp_path / "tuner.yaml"))
+    daemon = Daemon(cfg)
+    daemon.start()
+    try:
+        _host, port = daemon.address
+        env = {**os.environ, "SSL_CERT_FILE": str(pki.ca)}
+        out = subprocess.run(["promtool", "query", "instant",
+                              f"https://alice:{PASSWORD}@localhost:{port}", "vector(42)"],
+                             capture_output=True, text=True, timeout=60, env=env)
+        assert out.returncode == 0, out.stderr
+        assert "42" in out.stdout
+        out = subprocess.run(["promtool", "query", "instant", f"https://localhost:{port}", "up"],
+                             capture_output=True, text=True, timeout=60, env=env)
+        assert out.returncode != 0 and "401" in out.stderr
+        source = PrometheusSource(f"https://localhost:{port}", http=cfg.prometheus_http)
+        result = source.instant("vector(7)", time.time())
+        assert [e.value for e in result.vector] == [7.0]
+    finally:
+        daemon.stop()

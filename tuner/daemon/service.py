@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -237,67 +238,35 @@ class Daemon:
             return True  # starting up
         return self.clock() - self.last_cycle < 3 * self.config.scrape_interval + 10
 
+    def _add_job(self, func: Callable[[], object], trigger: Any, job_id: str,
+                 **options: Any) -> None:
+        """Schedule ``func``: never two runs of a job at once, missed runs collapse into one."""
+        self.scheduler.add_job(func, trigger, id=job_id, max_instances=1, coalesce=True,
+                               **options)
+
+    def _every(self, func: Callable[[], object], seconds: float, job_id: str) -> None:
+        """Run ``func`` now and every ``seconds``; a run late by under one period still runs."""
+        self._add_job(func, "interval", job_id, seconds=seconds, next_run_time=now_dt(),
+                      misfire_grace_time=max(1, int(seconds)))
+
     def start(self) -> None:
         """Bind the HTTP endpoints, then schedule the jobs. Raises TunerError if it cannot."""
         self.web.start()
         self._started = True
-        self.scheduler.add_job(
-            self.scrape_once,
-            "interval",
-            seconds=self.config.scrape_interval,
-            id="scrape",
-            max_instances=1,
-            coalesce=True,
-            next_run_time=now_dt(),
-            misfire_grace_time=max(1, int(self.config.scrape_interval)),
-        )
-        self.scheduler.add_job(
-            self.housekeeping,
-            "interval",
-            seconds=60,
-            id="housekeeping",
-            max_instances=1,
-            coalesce=True,
-            next_run_time=now_dt(),
-        )
+        self._every(self.scrape_once, self.config.scrape_interval, "scrape")
+        self._add_job(self.housekeeping, "interval", "housekeeping", seconds=60,
+                      next_run_time=now_dt())
         self.alerting.start()
-        self.scheduler.add_job(
-            self.alerting.evaluate,
-            "interval",
-            seconds=self.config.evaluation_interval,
-            id="rules",
-            max_instances=1,
-            coalesce=True,
-            next_run_time=now_dt(),
-            misfire_grace_time=max(1, int(self.config.evaluation_interval)),
-        )
+        self._every(self.alerting.evaluate, self.config.evaluation_interval, "rules")
         if self._suggest_trigger is not None:
-            self.scheduler.add_job(
-                self.scheduled_suggest,
-                self._suggest_trigger,
-                id="suggest",
-                max_instances=1,
-                coalesce=True,
-            )
+            self._add_job(self.scheduled_suggest, self._suggest_trigger, "suggest")
         if self.drift is not None:
             self.drift.register(self.registry)
-            self.scheduler.add_job(
-                self.drift.check,
-                "interval",
-                seconds=self.config.drift.interval,
-                id="drift",
-                max_instances=1,
-                coalesce=True,
-            )
+            self._add_job(self.drift.check, "interval", "drift",
+                          seconds=self.config.drift.interval)
         if self.tuning is not None:
             self.tuning.register(self.registry)
-            self.scheduler.add_job(
-                self.tuning.run_once,
-                self.tuning.trigger,
-                id="tune",
-                max_instances=1,
-                coalesce=True,
-            )
+            self._add_job(self.tuning.run_once, self.tuning.trigger, "tune")
         self.scheduler.start()
         log.info(
             "tuner daemon: %d targets every %gs, store %s, listening on %s://%s%s",
