@@ -352,17 +352,20 @@ class _FileAuth(httpx.Auth):
         yield request
 
 
+def _client_options(cfg: HTTPClientConfig, secrets: SecretFiles) -> dict[str, Any]:
+    """The ``httpx`` client arguments ``cfg`` decides: TLS, auth, proxy, redirects, no env."""
+    return {"verify": tls_context(cfg.tls), "auth": _FileAuth(cfg, secrets),
+            "proxy": cfg.proxy_url, "follow_redirects": cfg.follow_redirects,
+            "trust_env": False}
+
+
 def make_client(cfg: HTTPClientConfig = DEFAULT_HTTP_CONFIG, *, timeout: float = 10.0,
                 max_connections: int = 16, secrets: SecretFiles = SECRETS) -> httpx.Client:
     """The ``httpx.Client`` for ``cfg``: pooled, keep-alive, no environment proxies."""
     return httpx.Client(
-        verify=tls_context(cfg.tls),
-        auth=_FileAuth(cfg, secrets),
-        proxy=cfg.proxy_url,
-        follow_redirects=cfg.follow_redirects,
         timeout=timeout,
         limits=httpx.Limits(max_connections=max_connections, keepalive_expiry=60),
-        trust_env=False,
+        **_client_options(cfg, secrets),
     )
 
 
@@ -415,15 +418,11 @@ def make_async_client(cfg: HTTPClientConfig = DEFAULT_HTTP_CONFIG, *,
                       secrets: SecretFiles = SECRETS) -> httpx.AsyncClient:
     """The ``httpx.AsyncClient`` for ``cfg`` (the load driver's), like ``make_client``."""
     return httpx.AsyncClient(
-        verify=tls_context(cfg.tls),
-        auth=_FileAuth(cfg, secrets),
-        proxy=cfg.proxy_url,
-        follow_redirects=cfg.follow_redirects,
         timeout=timeout,
         limits=httpx.Limits(max_connections=max_connections,
                             max_keepalive_connections=max_connections,
                             keepalive_expiry=keepalive_expiry),
-        trust_env=False,
+        **_client_options(cfg, secrets),
     )
 
 

@@ -43,11 +43,16 @@ def test_bad_cpu_lists_name_the_problem(text: str, message: str) -> None:
         parse_cpu_list(text, "cpus.canary")
 
 
-def test_two_cores_canary_on_one_load_client_on_the_other() -> None:
+def test_two_cores_auto_runs_unpinned_and_says_why() -> None:
     plan = plan_cpus(AUTO, (0, 1))
-    assert plan.canary == ((0,),) and plan.load == (1,) and plan.note == ""
-    assert plan.canary_cores(0) == (0,)
-    assert "load client and scraper: 1" in plan.describe()
+    assert not plan.pinned and "0.40x the throughput" in plan.note and "unpinned" in plan.note
+
+
+def test_four_cores_canary_on_three_load_client_on_the_other() -> None:
+    plan = plan_cpus(AUTO, (0, 1, 2, 3))
+    assert plan.canary == ((0, 1, 2),) and plan.load == (3,) and plan.note == ""
+    assert plan.canary_cores(0) == (0, 1, 2)
+    assert "load client and scraper: 3" in plan.describe()
 
 
 def test_many_cores_are_split_between_parallel_canaries() -> None:
@@ -64,9 +69,9 @@ def test_one_core_is_said_and_unpinned() -> None:
 
 
 def test_more_parallel_canaries_than_cores_share_and_say_so() -> None:
-    plan = plan_cpus(AUTO, (0, 1, 2), parallel=3)
-    assert plan.canary == ((0,), (1,), (0,)) and plan.load == (2,)
-    assert "share 2 canary core(s)" in plan.note
+    plan = plan_cpus(AUTO, (0, 1, 2, 3), parallel=4)
+    assert plan.canary == ((0,), (1,), (2,), (0,)) and plan.load == (3,)
+    assert "share 3 canary core(s)" in plan.note
 
 
 def test_fixed_and_off() -> None:

@@ -22,7 +22,13 @@ The differential integration test checks the engine against a real Prometheus on
 
 from tuner.promql.cache import WindowCache
 from tuner.promql.engine import Engine
-from tuner.promql.functions import bucket_quantile, parse_go_float
+from tuner.promql.functions import (
+    bucket_quantile,
+    format_go_float_e,
+    format_go_float_f,
+    format_go_float_g,
+    parse_go_float,
+)
 from tuner.promql.lexer import parse_duration_ms
 from tuner.promql.limits import DEFAULT_MAX_SAMPLES, DEFAULT_TIMEOUT, QueryLimits
 from tuner.promql.parser import check_expr, parse_expr, selectors
@@ -71,6 +77,9 @@ __all__ = [
     "WindowCache",
     "bucket_quantile",
     "check_expr",
+    "format_go_float_e",
+    "format_go_float_f",
+    "format_go_float_g",
     "parse_duration_ms",
     "parse_expr",
     "parse_go_float",

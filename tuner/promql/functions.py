@@ -17,6 +17,7 @@ import datetime
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
+from decimal import Decimal
 
 import numpy as np
 
@@ -468,3 +469,27 @@ def format_go_float_f(v: float) -> str:
     if math.isinf(v):
         return "+Inf" if v > 0 else "-Inf"
     return np.format_float_positional(v, unique=True, trim="-")
+
+
+def format_go_float_e(v: float) -> str:
+    """``strconv.FormatFloat(v, 'e', -1, 64)``: shortest digits, always an exponent (``1e+00``)."""
+    if not math.isfinite(v):
+        return format_go_float_f(v)
+    if v == 0:
+        return ("-" if math.copysign(1.0, v) < 0 else "") + "0e+00"
+    sign, digits, exp = Decimal(repr(v)).normalize().as_tuple()
+    assert isinstance(exp, int)
+    ds = "".join(map(str, digits))
+    e10 = exp + len(ds) - 1
+    mantissa = ds[0] + ("." + ds[1:] if len(ds) > 1 else "")
+    return f"{'-' if sign else ''}{mantissa}e{'+' if e10 >= 0 else '-'}{abs(e10):02d}"
+
+
+def format_go_float_g(v: float) -> str:
+    """Go's ``%v`` of a float64 (strconv 'g', shortest): an exponent below 1e-4 and from 1e+06."""
+    if not math.isfinite(v) or v == 0:
+        return format_go_float_f(v)
+    _, digits, exp = Decimal(repr(v)).normalize().as_tuple()
+    assert isinstance(exp, int)
+    e10 = exp + len(digits) - 1
+    return format_go_float_e(v) if e10 < -4 or e10 >= 6 else format_go_float_f(v)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,6 +131,20 @@ def _req(cond: bool, where: str, message: str) -> None:
         raise RuleError(f"{where}: {message}")
 
 
+def _entries(parent: Mapping[str, Any], key: str, where: str, keys: set[str],
+             required: str | None, message: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """The mappings listed under ``parent[key]``, each with its place for error messages.
+
+    Raises RuleError (``message``) at an entry that is not a mapping of ``keys`` only, or that
+    lacks the ``required`` key.
+    """
+    for i, entry in enumerate(parent.get(key) or []):
+        at = f"{where}: {key}[{i}]"
+        _req(isinstance(entry, Mapping) and set(entry) <= keys
+             and (required is None or required in entry), at, message)
+        yield at, entry
+
+
 def _run_test_file(path: Path) -> UnitTestResult:
     where = str(path)
     try:
@@ -194,10 +208,9 @@ def _run_one_test(test: Any, where: str, ruleset: RuleSet, eval_interval: float)
                               numbers=True)
     _req(interval > 0, where, "interval must be greater than 0s")
     series_points: list[tuple[str, LabelPairs, int, float]] = []
-    for si, s in enumerate(test.get("input_series") or []):
-        swhere = f"{where}: input_series[{si}]"
-        _req(isinstance(s, Mapping) and set(s) <= {"series", "values"} and "series" in s, swhere,
-             "each input series is {series: 'name{label=\"value\"}', values: '0+1x10'}")
+    for swhere, s in _entries(
+            test, "input_series", where, {"series", "values"}, "series",
+            "each input series is {series: 'name{label=\"value\"}', values: '0+1x10'}"):
         try:
             name, labels = parse_series(str(s["series"]))
             values = expand_values(str(s.get("values", "")))
@@ -209,15 +222,12 @@ def _run_one_test(test: Any, where: str, ruleset: RuleSet, eval_interval: float)
             if v is not None:
                 series_points.append((name, key, i * step_ms, v))
     alert_tests: list[_AlertTest] = []
-    for ai, t in enumerate(test.get("alert_rule_test") or []):
-        awhere = f"{where}: alert_rule_test[{ai}]"
-        _req(isinstance(t, Mapping) and set(t) <= {"eval_time", "alertname", "exp_alerts"}
-             and "alertname" in t, awhere, "needs eval_time, alertname and optional exp_alerts")
+    for awhere, t in _entries(test, "alert_rule_test", where,
+                              {"eval_time", "alertname", "exp_alerts"}, "alertname",
+                              "needs eval_time, alertname and optional exp_alerts"):
         exp = []
-        for ei, e in enumerate(t.get("exp_alerts") or []):
-            _req(isinstance(e, Mapping) and set(e) <= {"exp_labels", "exp_annotations"},
-                 f"{awhere}: exp_alerts[{ei}]",
-                 "each expected alert has exp_labels and exp_annotations")
+        for _, e in _entries(t, "exp_alerts", awhere, {"exp_labels", "exp_annotations"}, None,
+                             "each expected alert has exp_labels and exp_annotations"):
             lb = {str(k): str(v) for k, v in (e.get("exp_labels") or {}).items()}
             lb["alertname"] = str(t["alertname"])
             an = {str(k): str(v) for k, v in (e.get("exp_annotations") or {}).items()}
@@ -225,18 +235,15 @@ def _run_one_test(test: Any, where: str, ruleset: RuleSet, eval_interval: float)
         alert_tests.append(_AlertTest(_eval_time(t, awhere),
                                       str(t["alertname"]), tuple(sorted(exp))))
     expr_tests = []
-    for pi, t in enumerate(test.get("promql_expr_test") or []):
-        pwhere = f"{where}: promql_expr_test[{pi}]"
-        _req(isinstance(t, Mapping) and set(t) <= {"expr", "eval_time", "exp_samples"}
-             and "expr" in t, pwhere, "needs expr, eval_time and exp_samples")
+    for pwhere, t in _entries(test, "promql_expr_test", where, {"expr", "eval_time", "exp_samples"},
+                              "expr", "needs expr, eval_time and exp_samples"):
         exp_s = []
-        for xi, x in enumerate(t.get("exp_samples") or []):
-            _req(isinstance(x, Mapping) and set(x) <= {"labels", "value"},
-                 f"{pwhere}: exp_samples[{xi}]", "each expected sample has labels and value")
+        for xwhere, x in _entries(t, "exp_samples", pwhere, {"labels", "value"}, None,
+                                  "each expected sample has labels and value"):
             try:
                 nm, lb = parse_series(str(x.get("labels", "{}")))
             except ValueError as exc:
-                raise RuleError(f"{pwhere}: exp_samples[{xi}]: {exc}") from None
+                raise RuleError(f"{xwhere}: {exc}") from None
             if nm:
                 lb["__name__"] = nm
             exp_s.append((label_pairs(lb), _parse_num(str(x.get("value", "0")))))

@@ -21,36 +21,16 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
 from tuner.errors import TemplateError
+from tuner.promql import format_go_float_g
 
 
 def go_float(v: float) -> str:
     """Format a float64 as Go's ``fmt`` does for ``%v`` (strconv 'g', shortest, eprec 6)."""
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    if v == 0:
-        return "-0" if math.copysign(1.0, v) < 0 else "0"
-    sign, digits, exponent = Decimal(repr(v)).normalize().as_tuple()
-    ds = "".join(map(str, digits)).rstrip("0") or "0"
-    assert isinstance(exponent, int)
-    nd = len(ds)
-    dp = len(digits) + exponent  # position of the decimal point relative to the digits
-    neg = "-" if sign else ""
-    exp = dp - 1
-    if exp < -4 or exp >= 6:  # strconv 'g' with shortest precision decides with eprec 6
-        mant = ds[0] + ("." + ds[1:] if nd > 1 else "")
-        return f"{neg}{mant}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
-    if dp <= 0:
-        return f"{neg}0.{'0' * -dp}{ds}"
-    if dp >= nd:
-        return f"{neg}{ds}{'0' * (dp - nd)}"
-    return f"{neg}{ds[:dp]}.{ds[dp:]}"
+    return format_go_float_g(v)
 
 
 def _go_g4(v: float) -> str:

@@ -110,6 +110,11 @@ def _split(cores: Sequence[int], parts: int) -> tuple[tuple[int, ...], ...]:
     return tuple(out)
 
 
+#: ``cpus: auto`` pins only with at least this many CPUs (benchmarks/tune_noise.py: on two
+#: cores, pinning cost 0.40x of the throughput and did not lower the noise).
+AUTO_MIN_CPUS = 4
+
+
 def plan_cpus(request: CpuRequest, available: Sequence[int], parallel: int = 1) -> CpuPlan:
     """Where canaries and the load client run, given the CPUs this process may use (pure)."""
     avail = tuple(sorted(set(available)))
@@ -126,6 +131,12 @@ def plan_cpus(request: CpuRequest, available: Sequence[int], parallel: int = 1) 
         if len(avail) < 2:
             return CpuPlan(note=f"only CPU {cpu_list(avail)} is available to this process: "
                                 "the canary and the load client share it; running unpinned")
+        if len(avail) < AUTO_MIN_CPUS:
+            return CpuPlan(note=f"{len(avail)} CPUs ({cpu_list(avail)}): pinning would leave the "
+                                "canary one core for its API server, engine and OpenMP threads "
+                                "(measured here on 2 cores: 0.40x the throughput and no less "
+                                "noise), so `cpus: auto` runs unpinned; set cpus: {canary, load} "
+                                "to pin anyway")
         n_load = 1 if len(avail) <= 8 else len(avail) // 8
         canary, load = avail[:-n_load], avail[-n_load:]
     note = ""

@@ -25,13 +25,13 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
 import numpy as np
 
 from tuner.errors import ApiError
+from tuner.promql import format_go_float_e, format_go_float_f
 from tuner.rules import AlertState, RuleKind, RuleStatus
 from tuner.web.server import Response
 
@@ -140,29 +140,9 @@ def check_range(start_ms: int, end_ms: int, step_ms: int) -> None:
 
 def format_value(v: float) -> str:
     """A sample value as Prometheus's JSON spells it (Go ``strconv``, 'f' or 'e', shortest)."""
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    if v == 0:
-        return "-0" if math.copysign(1.0, v) < 0 else "0"
-    if 1e-6 <= abs(v) < 1e21:
-        return format(Decimal(repr(v)).normalize(), "f")
-    return format_value_e(v)
-
-
-def format_value_e(v: float) -> str:
-    """Go's ``strconv.FormatFloat(v, 'e', -1, 64)`` (``1e+00``; alert values in the API)."""
-    if not math.isfinite(v):
-        return format_value(v)
-    if v == 0:
-        return ("-" if math.copysign(1.0, v) < 0 else "") + "0e+00"
-    sign, digits, exp = Decimal(repr(v)).normalize().as_tuple()
-    assert isinstance(exp, int)
-    ds = "".join(map(str, digits))
-    e10 = exp + len(ds) - 1
-    mantissa = ds[0] + ("." + ds[1:] if len(ds) > 1 else "")
-    return f"{'-' if sign else ''}{mantissa}e{'+' if e10 >= 0 else '-'}{abs(e10):02d}"
+    if not math.isfinite(v) or v == 0 or 1e-6 <= abs(v) < 1e21:
+        return format_go_float_f(v)
+    return format_go_float_e(v)
 
 
 def format_timestamp(ms: int) -> str:
@@ -248,7 +228,7 @@ def alert_json(alert: AlertState) -> dict[str, Any]:
     return {"labels": dict(sorted(alert.labels.items())),
             "annotations": dict(sorted(alert.annotations.items())),
             "state": str(alert.state), "activeAt": rfc3339(alert.active_at),
-            "value": format_value_e(alert.value)}
+            "value": format_go_float_e(alert.value)}
 
 
 def _rule_json(st: RuleStatus) -> dict[str, Any]:
