@@ -256,6 +256,7 @@ class TrialRun:
     log_tail: str = ""
     measurement: Measurement | None = None
     stopped_early: bool = False
+    saved_s: float = 0.0  # with stopped_early: the seconds of the load window not spent
 
 
 def run_trial(
@@ -347,7 +348,7 @@ def measure_canary(ctx: TrialContext, canary: Canary, handle: CanaryHandle, numb
         result, load_error = None, str(exc)
     timings["load_s"] = time.perf_counter() - t_load
     if run.stopped_early and result is not None:
-        timings["saved_s"] = max(0.0, ctx.load_spec.duration - (result.ended - result.started))
+        timings["saved_s"] = run.saved_s  # the window not spent (in-flight requests still end)
     t_scr = time.perf_counter()
     scraper.finish()
     window_end = int(time.time() * 1000)
@@ -377,11 +378,14 @@ def _stopper(rule: EarlyStop | None, spec: LoadSpec, scraper: CanaryScraper, run
     def should_stop(_records: Sequence[RequestRecord], now: float) -> bool:
         if not start:
             start.append(now)
+        elapsed = now - start[0]
+        if elapsed >= spec.duration:  # the window is spent: stopping now saves nothing
+            return False
         if run.stopped_early or not rule.should_stop(scraper.generated, start[0],
                                                      spec.duration):
             return False
         run.stopped_early = True
-        elapsed = now - start[0]
+        run.saved_s = spec.duration - elapsed
         run.notes.append(
             f"stopped early after {elapsed:.1f} s of {spec.duration:g} s: the server's token "
             f"rate was below {rule.threshold(elapsed, spec.duration):,.0f} tok/s, worse than "
