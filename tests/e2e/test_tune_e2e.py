@@ -182,9 +182,12 @@ def test_search_fails_some_trials_survives_sigterm_resumes_and_best_flags_start(
         assert t.kind == "search" and t.measurement is not None and t.measurement.requests > 0
         assert any(n.startswith("stopped early after") for n in t.notes)
         assert 0 < t.timings["saved_s"] < 4
-    two = [t for t in searched if t.point["max-num-seqs"] == 2]  # 2 slots for 8 in flight
-    assert all(t.state == "stopped" for t in two), [(t.point, t.objective) for t in trials]
     ok = [t for t in trials if t.state == "ok"]
+    # a stop fires only below the incumbent's rate beyond the noise, so no stopped trial ran
+    # faster than the best completed one (whether any stops depends on the machine's noise)
+    best_rate = max(t.measurement.output_tok_per_s for t in ok if t.measurement is not None)
+    for t in stopped:
+        assert t.measurement is not None and t.measurement.output_tok_per_s < best_rate
     for t in ok + stopped:  # server-side signals came from scraping the canary
         assert t.measurement is not None
         assert t.measurement.server_generation_tokens > 0
