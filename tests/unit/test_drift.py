@@ -154,10 +154,15 @@ def _watch(tmp_path: Path, tuned: dict[str, Any] | None, live_day: Any,
     return watch, registry, store
 
 
+def _tuned_fingerprint(tmp_path: Path, sc: Scenario) -> dict[str, Any]:
+    """The fingerprint of the scenario's last hour, as a tune result would store it."""
+    with build_store(tmp_path / "tuned.db", sc) as tuned_store:
+        return fingerprint(Engine(reader=tuned_store), sc.end - 3600, sc.end)
+
+
 def test_daemon_check_raises_workload_drift_with_both_fingerprints(tmp_path: Path) -> None:
     sc = _scenario(HEALTHY)
-    with build_store(tmp_path / "tuned.db", sc) as tuned_store:
-        tuned = fingerprint(Engine(reader=tuned_store), sc.end - 3600, sc.end)
+    tuned = _tuned_fingerprint(tmp_path, sc)
     # production now sends prompts of ~2,500 tokens instead of ~300
     watch, registry, store = _watch(tmp_path, tuned, LONG_PREFILL, sc.end)
     with store:
@@ -179,8 +184,7 @@ def test_daemon_check_raises_workload_drift_with_both_fingerprints(tmp_path: Pat
 
 def test_daemon_check_within_threshold_and_resolution(tmp_path: Path) -> None:
     sc = _scenario(HEALTHY)
-    with build_store(tmp_path / "tuned.db", sc) as tuned_store:
-        tuned = fingerprint(Engine(reader=tuned_store), sc.end - 3600, sc.end)
+    tuned = _tuned_fingerprint(tmp_path, sc)
     watch, _, store = _watch(tmp_path, tuned, HEALTHY, sc.end)
     with store:
         drift = watch.check()
