@@ -31,12 +31,22 @@ max-model-len, which vLLM uses as the last finite bound). Quantiles are Promethe
 quantile): linear inside a bucket, the last finite bound when the rank falls in ``+Inf``.
 A histogram Prometheus cannot take a quantile of (no ``+Inf`` bucket, no finite bucket) has
 no distribution (``None``). Counter resets inside the window are handled by ``increase``.
+
+The lengths are counted from the samples themselves (``sampled_increase``: the counter's
+growth between the first and last sample of the window, resets included), not with
+``increase()``: ``increase()`` extrapolates each series to the window's edges, and a series
+whose counter is near zero is extrapolated less than its neighbours (Prometheus stops at the
+counter's zero point). The count starts from the last sample at or before the window's start.
+Over a short window, a tune trial's or a test's, that makes cumulative
+buckets disagree: 40 requests of 8 output tokens read as 40 in ``le="10"`` and 46 in
+``le="50"``, and a p90 of 37. The request count and rates keep ``increase()``, as Prometheus
+users expect of a rate.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,6 +55,8 @@ from tuner.signals import mean_acceptance_length
 from tuner.units import format_duration
 
 WORKLOAD_VERSION = 1
+#: How far before a window its first counter sample is looked for (Prometheus's lookback).
+LOOKBACK_SECONDS = 300.0
 
 
 def iso(ts: float) -> str:
@@ -92,14 +104,33 @@ def length_distribution(cumulative: Mapping[float, float]) -> dict[str, Any] | N
     }
 
 
-def _cumulative(result: QueryResult) -> dict[float, float]:
-    """``{le: count}`` from a ``sum by (le)`` vector; buckets with the same bound are added
-    (``le="1"`` and ``le="1.0"``), an ``le`` that is not a number is skipped (as Prometheus)."""
-    out: dict[float, float] = {}
-    for el in result.vector:
-        le = parse_go_float(el.labels.get("le", ""))
-        if le is not None:
-            out[le] = out.get(le, 0.0) + el.value
+def sampled_increase(timestamps: Sequence[float], values: Sequence[float], start: float) -> float:
+    """How much a counter grew after ``start``, from its samples: the sum of its rises from
+    the last sample at or before ``start`` (or its first sample, for a series born later) to
+    its last, a drop being a reset (the value after it is all new); no extrapolation,
+    non-finite samples skipped."""
+    total = 0.0
+    prev: float | None = None
+    for ts, v in zip(timestamps, values, strict=True):
+        if not math.isfinite(v):
+            continue
+        if ts <= start:
+            prev = v  # the baseline: the latest sample at or before the window's start
+            continue
+        if prev is not None:
+            total += v - prev if v >= prev else v
+        prev = v
+    return total
+
+
+def _sampled_by(result: QueryResult, key: str, start: float) -> dict[str, float]:
+    """``{label value: sampled increase after start}`` of a matrix result, series with the
+    same ``key`` label added (an empty dict for anything but a matrix)."""
+    out: dict[str, float] = {}
+    for series in result.matrix:
+        k = series.labels.get(key, "")
+        out[k] = out.get(k, 0.0) + sampled_increase(
+            series.timestamps.tolist(), series.values.tolist(), start)
     return out
 
 
@@ -120,6 +151,8 @@ def fingerprint(
     """The workload fingerprint of ``[start, end]`` (all selected servers, or one instance)."""
     seconds = max(end - start, 1.0)
     w = format_duration(seconds)
+    # the length counts' range reaches back one lookback for the sample the window starts from
+    w_back = format_duration(seconds + LOOKBACK_SECONDS)
     sel = selector
     if instance is not None:
         inner = selector.strip()[1:-1].strip().rstrip(",") if selector else ""
@@ -137,14 +170,18 @@ def fingerprint(
     lengths: dict[str, dict[str, Any] | None] = {}
     for key, metric in (("prompt_tokens", "vllm:request_prompt_tokens"),
                         ("output_tokens", "vllm:request_generation_tokens")):
-        res = instant(f"sum by (le) (increase({metric}_bucket{sel}[{w}]))")
-        dist = length_distribution(_cumulative(res))
+        by_le = _sampled_by(instant(f"{metric}_bucket{sel}[{w_back}]"), "le", start)
+        cumulative: dict[float, float] = {}
+        for text, count in by_le.items():
+            if (le := parse_go_float(text)) is not None:
+                cumulative[le] = cumulative.get(le, 0.0) + count
+        dist = length_distribution(cumulative)
         if dist is not None:
-            total_sum = scalar_sum(f"sum(increase({metric}_sum{sel}[{w}]))")
-            total_count = scalar_sum(f"sum(increase({metric}_count{sel}[{w}]))")
-            dist["mean"] = (
-                total_sum / total_count if total_sum is not None and total_count else None
-            )
+            total_sum = sum(_sampled_by(instant(f"{metric}_sum{sel}[{w_back}]"), "",
+                                        start).values())
+            total_count = sum(_sampled_by(instant(f"{metric}_count{sel}[{w_back}]"), "",
+                                          start).values())
+            dist["mean"] = total_sum / total_count if total_count else None
         lengths[key] = dist
 
     requests = scalar_sum(f"sum(increase(vllm:request_success_total{sel}[{w}]))")

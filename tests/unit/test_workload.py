@@ -151,3 +151,36 @@ def test_fingerprint_is_a_load_spec_for_tune(day_store) -> None:
     assert spec.prefix_share == pytest.approx(0.35, rel=1e-3)
     # the empirical edges are the histogram's bucket bounds
     assert 500.0 in spec.prompt_tokens.edges
+
+
+def test_short_window_lengths_are_counted_not_extrapolated(tmp_path: Path) -> None:
+    """A shared server: earlier traffic left ``le="50"`` at 100 and ``le="10"`` at 0, then 40
+    requests of 8 output tokens finish within 5 s (scraped every second, the window opening
+    half a second before a scrape). ``increase()`` over
+    the short window extrapolates ``le="10"`` less (its counter starts at zero) than
+    ``le="50"``, inventing requests in (10, 50]; the fingerprint counts the samples: all 40
+    are in (5, 10]."""
+    t0 = 1_700_000_000
+    pts = []
+    for k in range(-3, 8):
+        done = 0.0 if k <= 0 else min(40.0, 8.0 * k)
+        for le, base in (("5.0", 0.0), ("10.0", 0.0), ("50.0", 100.0), ("+Inf", 100.0)):
+            count = base + (0.0 if le == "5.0" else done)
+            pts.append(("vllm:request_generation_tokens_bucket", (("le", le),),
+                        (t0 + k) * 1000, count))
+        pts.append(("vllm:request_generation_tokens_count", (), (t0 + k) * 1000, 100.0 + done))
+        pts.append(("vllm:request_generation_tokens_sum", (), (t0 + k) * 1000,
+                    3700.0 + 8.0 * done))
+    with Store(tmp_path / "s.db", retention=3650 * 86400.0) as store:
+        store.append_points(pts)
+        end = t0 + 7
+        (le10,) = Engine(store).instant(
+            'increase(vllm:request_generation_tokens_bucket{le="10.0"}[7500ms])', end).vector
+        (le50,) = Engine(store).instant(
+            'increase(vllm:request_generation_tokens_bucket{le="50.0"}[7500ms])', end).vector
+        assert le50.value > le10.value  # the extrapolation this test is about
+        out = fingerprint(LocalSource(store), t0 - 0.5, end)["output_tokens"]
+    assert out["count"] == 40.0
+    assert out["mean"] == pytest.approx(8.0)
+    assert 5.0 < out["p50"] <= out["p90"] <= 10.0
+    assert [(b["lo"], b["hi"], b["p"]) for b in out["buckets"]] == [(5.0, 10.0, 1.0)]
