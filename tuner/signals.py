@@ -518,6 +518,12 @@ KV_CACHE_USAGE_MEAN = Signal(
 )
 
 
+RUNNING_PEAK = Signal(
+    "running_peak", "max by ($BY) (max_over_time(vllm:num_requests_running$SEL[$W]))",
+    "requests", "The most requests any scrape of the window saw running (0 while the load "
+    "generated tokens: the scrapes caught no step in progress, so the KV gauges are unknown).")
+
+
 def _named(name: str, *tables: Sequence[Signal]) -> Signal:
     return next(s for table in tables for s in table if s.name == name)
 
@@ -525,6 +531,7 @@ def _named(name: str, *tables: Sequence[Signal]) -> Signal:
 TRIAL_SIGNALS: tuple[Signal, ...] = (
     _named("kv_cache_usage", WINDOW_SIGNALS),
     KV_CACHE_USAGE_MEAN,
+    RUNNING_PEAK,
     *(
         _named(n, WINDOW_TOTALS)
         for n in ("requests", "preemptions", "output_tokens", "spec_draft_tokens",
@@ -532,7 +539,8 @@ TRIAL_SIGNALS: tuple[Signal, ...] = (
     ),
 )
 """What a canary trial's server-side measurement is computed from (one instant query each at
-the end of the load window): peak and mean KV usage, and the window totals of requests,
+the end of the load window): peak and mean KV usage, the most requests seen running, and the
+window totals of requests,
 preemptions, output tokens and speculative draft/accepted tokens."""
 
 

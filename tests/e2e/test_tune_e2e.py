@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 import sqlite3
@@ -206,7 +207,16 @@ def test_search_fails_some_trials_survives_sigterm_resumes_and_best_flags_start(
             gen = store.select([Matcher("__name__", "=", "vllm:generation_tokens_total"), *inst],
                                0, 2**62)
             assert gen and all(is_stale(s.values[-1]) for s in gen)
-            assert t.measurement is not None and 0 < t.measurement.kv_usage_max <= 1
+            # KV usage through the production signal, when a scrape caught a request running;
+            # on a saturated 2-core host vLLM CPU can answer every scrape between steps (all
+            # zeros while tokens flow), and then the figure is unknown and the trial says so
+            m = t.measurement
+            assert m is not None and m.running_peak >= 0
+            if m.running_peak > 0:
+                assert 0 < m.kv_usage_max <= 1, (t.number, m)
+            else:
+                assert math.isnan(m.kv_usage_max), (t.number, m)
+                assert any(n.startswith("KV usage unknown") for n in t.notes), t.notes
 
     # -- outputs ---------------------------------------------------------------------------
     rows = list(csv.DictReader((out / "trials.csv").open()))

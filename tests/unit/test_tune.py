@@ -738,6 +738,52 @@ def test_server_signals_use_the_production_signal_queries_over_the_trial_window(
     store.close()
 
 
+def test_kv_usage_is_unknown_when_no_scrape_caught_a_request_running(tmp_path: Path) -> None:
+    """vLLM CPU 0.32 on a saturated 2-core host answers /metrics between engine steps: every
+    scrape of a load reads 0 running and 0 KV usage while generation_tokens_total climbs.
+    Those zeros are not a measurement: the KV figures are unknown (NaN) and the trial says
+    why; a scrape that saw a request running keeps them, zeros included."""
+    import threading
+
+    import httpx
+
+    from tuner.canary import LaunchSpec, LocalCanary
+    from tuner.load import LengthDist, LoadResult, LoadSpec, RequestRecord
+    from tuner.store import Store
+    from tuner.tune import server_signals
+    from tuner.tune.trial import TrialContext, TrialRun, _evaluate
+
+    t0 = 1_700_000_000_000
+    points = []
+    for i in range(6):
+        ts = t0 + i * 1000
+        for inst, running in (("trial-1", 0.0), ("trial-2", 1.0 if i == 2 else 0.0)):
+            lab = (("instance", inst), ("model_name", "m"), ("engine", "0"))
+            points += [("vllm:num_requests_running", lab, ts, running),
+                       ("vllm:kv_cache_usage_perc", lab, ts, 0.0),
+                       ("vllm:generation_tokens_total", lab, ts, 400.0 * i)]
+    with Store(tmp_path / "s.db") as store, httpx.Client() as client:
+        store.append_points(points)
+        blind = server_signals(store, "trial-1", t0, t0 + 5000)
+        assert blind["running_peak"] == 0 and blind["server_generation_tokens"] == 2000
+        assert math.isnan(blind["kv_usage_max"]) and math.isnan(blind["kv_usage_mean"])
+        seen = server_signals(store, "trial-2", t0, t0 + 5000)
+        assert seen["running_peak"] == 1 and seen["kv_usage_max"] == 0.0
+
+        spec = LoadSpec(prompt_tokens=LengthDist("fixed", mean=8),
+                        output_tokens=LengthDist("fixed", mean=4), concurrency=1)
+        ctx = TrialContext(config(), store, tmp_path, client, spec, threading.Event())
+        canary = LocalCanary(LaunchSpec(model="m"), tmp_path / "never-started.log")
+        ok = RequestRecord(ok=True, error="", prompt_tokens=8, output_tokens=4, ttft=0.1,
+                           itls=(0.01,) * 3, e2e=0.2, start=100.0)
+        for inst, unknown in (("trial-1", True), ("trial-2", False)):
+            run = TrialRun([])
+            _evaluate(ctx, canary, run, LoadResult((ok, ok), 100.0, 101.0), inst, t0, t0 + 5000)
+            assert run.measurement is not None
+            assert math.isnan(run.measurement.kv_usage_max) is unknown
+            assert any(n.startswith("KV usage unknown") for n in run.notes) is unknown
+
+
 def test_server_latency_histograms_over_the_trial_window(tmp_path: Path) -> None:
     """The canary's TTFT, ITL and queue-time histograms, read through the production signal
     expressions over the window: quantiles interpolate inside buckets, the ITL mean is

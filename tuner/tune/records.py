@@ -112,6 +112,8 @@ class Measurement(LoadSummary):
     preemptions_per_1k_requests: float = math.nan
     kv_usage_max: float = math.nan
     kv_usage_mean: float = math.nan
+    #: The most requests a scrape saw running (0 with tokens generated: KV usage unknown).
+    running_peak: float = math.nan
     spec_decode_acceptance: float = math.nan
     server_generation_tokens: float = math.nan
     #: Admission rejections the canary itself counted (vllm:admission_rejections_total).

@@ -196,6 +196,10 @@ def server_signals(store: Store, instance: str, start_ms: int, end_ms: int) -> d
         for sig in TRIAL_LATENCY_SIGNALS
     }
     drafts = v["spec_draft_tokens"]
+    # Gauges are sampled. A server that generated tokens while no scrape saw a request running
+    # was never caught mid-step (vLLM CPU 0.32 on a saturated host reads 0 for running and KV
+    # usage throughout a load): its KV gauges say nothing, so they are unknown, not 0.
+    blind = v["running_peak"] == 0 and v["output_tokens"] > 0
     # what the server counted as refused (vLLM 0.29+; NaN before): checks the client's count
     refused = next(sig for sig in WINDOW_TOTALS if sig.name == "admission_rejections")
     server_rejections = query(render_signal(refused, selector, by="instance", window=window))
@@ -213,8 +217,9 @@ def server_signals(store: Store, instance: str, start_ms: int, end_ms: int) -> d
         "preemptions_per_1k_requests": per_thousand_requests(v["preemptions"], v["requests"])
         if not math.isnan(v["requests"])
         else math.nan,
-        "kv_usage_max": v["kv_cache_usage"],
-        "kv_usage_mean": v["kv_cache_usage_mean"],
+        "kv_usage_max": math.nan if blind else v["kv_cache_usage"],
+        "kv_usage_mean": math.nan if blind else v["kv_cache_usage_mean"],
+        "running_peak": v["running_peak"],
         "spec_decode_acceptance": (
             v["spec_accepted_tokens"] / drafts if drafts and drafts > 0 else math.nan
         ),
@@ -421,6 +426,11 @@ def _evaluate(ctx: TrialContext, canary: Canary, run: TrialRun, result: LoadResu
     except TunerError as exc:
         signals = {}
         run.notes.append(f"server signals unavailable: {exc}")
+    if signals.get("running_peak") == 0 and math.isnan(signals.get("kv_usage_max", 0.0)):
+        run.notes.append(
+            "KV usage unknown: the server generated tokens but no scrape of the window saw a "
+            "request running (its gauges were never read mid-step; a saturated host answers "
+            "/metrics between steps)")
     m = measurement_from(summary, signals, goodput(result, cfg.slo, float(summary.duration or 0)))
     run.measurement = m
     succeeded = m.requests - m.errors - m.rejections
