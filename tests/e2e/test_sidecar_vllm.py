@@ -40,15 +40,8 @@ def test_sidecar_scrapes_real_vllm_under_preempting_load(
     tmp_path: Path, vllm_preempting_server: VllmServer
 ) -> None:
     server = vllm_preempting_server
-    cfg = parse_config(
-        {
-            "targets": [{"name": "vllm-0", "url": server.metrics_url, "kind": "vllm"}],
-            "scrape_interval": "1s",
-            "store": {"path": str(tmp_path / "tuner.db"), "retention": "1h"},
-            "listen": "127.0.0.1:0",
-        },
-        str(tmp_path / "tuner.yaml"),
-    )
+    cfg = parse_config(server.sidecar_settings(tmp_path / "tuner.db"),
+                       str(tmp_path / "tuner.yaml"))
     daemon = Daemon(cfg)
     daemon.start()
     try:

@@ -138,6 +138,18 @@ class VllmServer:
     def log_tail(self, lines: int = 80) -> str:
         return read_tail(self.handle.log_path, lines)
 
+    def sidecar_settings(self, store: str | Path, target: str = "vllm-0",
+                         **extra: Any) -> dict[str, Any]:
+        """A daemon config (``tuner.yaml`` as a dict) that scrapes this server every second into
+        ``store`` and listens on an ephemeral port; ``extra`` keys are added or replace these."""
+        return {
+            "targets": [{"name": target, "url": self.metrics_url, "kind": "vllm"}],
+            "scrape_interval": "1s",
+            "store": {"path": str(store), "retention": "1h"},
+            "listen": "127.0.0.1:0",
+            **extra,
+        }
+
 
 def _serve(tmp_factory: pytest.TempPathFactory, name: str, model_dir: Path,
            flags: Mapping[str, Any] | None, cores: str) -> Iterator[VllmServer]:
