@@ -278,8 +278,8 @@ def run_trial(
     timings: dict[str, float] = {}
     if step.flags is None:
         return Trial(number, step.kind, dict(step.point), {}, TrialState.REJECTED, FAILED_LOSS,
-                     reason="constraint", notes=step.notes, started=started, ended=time.time(),
-                     timings={"total_s": time.perf_counter() - t0})
+                     reason=step.reject_reason, notes=step.notes, started=started,
+                     ended=time.time(), timings={"total_s": time.perf_counter() - t0})
     canary = canary_for(ctx, number, step.flags, slot)
     try:
         run = _measure(ctx, canary, number, step, timings, t0)
