@@ -3,8 +3,9 @@ runs of one config, on one server and across restarts, unpinned against pinned, 
 
 * unpinned: what a search did before ``cpus:`` — vLLM's default OpenMP binding
   (``VLLM_CPU_OMP_THREADS_BIND=auto``) and no CPU affinity for the server or the load client.
-* pinned: the search's ``cpus: auto`` plan (``tuner.tune.cpus.plan_cpus``): the canary's
-  OpenMP threads and process on its core(s), this process (the load client) on the other(s).
+* pinned: what ``cpus: {canary: <all CPUs but the last>, load: <the last>}`` gives
+  (``tuner.tune.cpus.plan_cpus``, pinning even where ``cpus: auto`` declines to): the canary's
+  OpenMP threads and process on its core(s), this process (the load client) on the other.
 * compute (``--modes`` to include it): only the canary's OpenMP (compute) threads on its
   core(s); its API server and engine loop free to run anywhere; the load client pinned.
 
@@ -44,6 +45,7 @@ from tests.support.vllm import test_launch_spec, vllm_lock  # noqa: E402
 from tuner.canary import LocalCanary, install_cleanup_handlers  # noqa: E402
 from tuner.load import LengthDist, LoadSpec, run_load_sync, summarize  # noqa: E402
 from tuner.tune.cpus import (  # noqa: E402
+    CpuMode,
     CpuRequest,
     cpu_list,
     current_cpus,
@@ -78,7 +80,7 @@ def measure_canary(model: Path, log: Path, mode: str, spec: LoadSpec, runs: int,
                    canary_cores: tuple[int, ...], load_cores: tuple[int, ...]) -> list[float]:
     """Start one canary in ``mode``, warm it up, and return ``runs`` output tok/s."""
     launch = test_launch_spec(model, env={"VLLM_CPU_OMP_THREADS_BIND": "auto"})
-    pinned = mode != "unpinned"
+    pinned = mode != "unpinned" and bool(canary_cores)  # no cores: pinning impossible here
     if pinned:
         launch = replace(launch, cpus=canary_cores if mode == "pinned" else (),
                          env={**launch.env, "VLLM_CPU_OMP_THREADS_BIND": cpu_list(canary_cores)})
@@ -119,8 +121,14 @@ def main() -> None:
     install_cleanup_handlers()  # SIGTERM / Ctrl-C stop the running canary
     model = ensure_tiny_model()
     tmp = Path(tempfile.mkdtemp(prefix="tune-noise-"))
-    plan = probe_plan(plan_cpus(CpuRequest(), current_cpus()))
-    print(f"CPUs available: {cpu_list(current_cpus())}; {plan.describe()}", flush=True)
+    # "pinned" is what `cpus: {canary, load}` gives: the canary on all CPUs but the last, the
+    # load client on the last. The benchmark pins wherever pinning is possible, even where
+    # `cpus: auto` would not (auto's choice is what it measures).
+    avail = current_cpus()
+    request = (CpuRequest(CpuMode.FIXED, canary=avail[:-1], load=avail[-1:]) if len(avail) > 1
+               else CpuRequest())
+    plan = probe_plan(plan_cpus(request, avail))
+    print(f"CPUs available: {cpu_list(avail)}; pinned mode: {plan.describe()}", flush=True)
     if not plan.pinned:
         print("pinning is impossible here, so pinned runs equal unpinned ones", flush=True)
     spec = LoadSpec(prompt_tokens=LengthDist("fixed", mean=128),
