@@ -43,9 +43,10 @@ def test_bad_cpu_lists_name_the_problem(text: str, message: str) -> None:
         parse_cpu_list(text, "cpus.canary")
 
 
-def test_two_cores_auto_runs_unpinned_and_says_why() -> None:
+def test_two_cores_canary_on_one_load_client_on_the_other() -> None:
     plan = plan_cpus(AUTO, (0, 1))
-    assert not plan.pinned and "0.40x the throughput" in plan.note and "unpinned" in plan.note
+    assert plan.pinned and plan.canary == ((0,),) and plan.load == (1,) and plan.note == ""
+    assert "canary slot 0: 0; load client and scraper: 1" in plan.describe()
 
 
 def test_four_cores_canary_on_three_load_client_on_the_other() -> None:

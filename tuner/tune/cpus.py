@@ -110,9 +110,11 @@ def _split(cores: Sequence[int], parts: int) -> tuple[tuple[int, ...], ...]:
     return tuple(out)
 
 
-#: ``cpus: auto`` pins only with at least this many CPUs (benchmarks/tune_noise.py: on two
-#: cores, pinning cost 0.40x of the throughput and did not lower the noise).
-AUTO_MIN_CPUS = 4
+#: ``cpus: auto`` pins with at least this many CPUs (benchmarks/tune_noise.py on a quiet 2-core
+#: machine: pinned 3.0x the throughput of unpinned, 1,980 against 654 tok/s, and one server's CV
+#: 1.2% against 9.8%; on the same machine shared with other sessions' work, pinning to a busy
+#: core cost 0.40x: pin a machine the search has to itself, or set ``cpus: off``).
+AUTO_MIN_CPUS = 2
 
 
 def plan_cpus(request: CpuRequest, available: Sequence[int], parallel: int = 1) -> CpuPlan:
@@ -128,15 +130,9 @@ def plan_cpus(request: CpuRequest, available: Sequence[int], parallel: int = 1) 
                                 f"(it may use {cpu_list(avail)}); running unpinned")
         canary, load = request.canary, request.load
     else:
-        if len(avail) < 2:
+        if len(avail) < AUTO_MIN_CPUS:
             return CpuPlan(note=f"only CPU {cpu_list(avail)} is available to this process: "
                                 "the canary and the load client share it; running unpinned")
-        if len(avail) < AUTO_MIN_CPUS:
-            return CpuPlan(note=f"{len(avail)} CPUs ({cpu_list(avail)}): pinning would leave the "
-                                "canary one core for its API server, engine and OpenMP threads "
-                                "(measured here on 2 cores: 0.40x the throughput and no less "
-                                "noise), so `cpus: auto` runs unpinned; set cpus: {canary, load} "
-                                "to pin anyway")
         n_load = 1 if len(avail) <= 8 else len(avail) // 8
         canary, load = avail[:-n_load], avail[-n_load:]
     note = ""
