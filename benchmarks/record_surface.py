@@ -15,7 +15,7 @@ coefficient of variation (sd / mean of the objective) of repeated windows on one
 of fresh-canary runs of one point (across restarts), each as a median over points with the
 spread.
 
-/tmp/tuner-vllm.lock is taken for each canary (not for the whole recording), so other vLLM
+The vLLM lock (/tmp/tuner-vllm.lock, or ``TUNER_VLLM_LOCK``) is taken for each canary (not for the whole recording), so other vLLM
 users interleave. SIGTERM or Ctrl-C stops the running canary and exits (rerun to resume).
 
     nohup python benchmarks/record_surface.py > surface.log 2>&1 &
@@ -24,7 +24,6 @@ users interleave. SIGTERM or Ctrl-C stops the running canary and exits (rerun to
 from __future__ import annotations
 
 import argparse
-import fcntl
 import itertools
 import json
 import os
@@ -35,8 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -47,6 +45,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.support.vllm import vllm_lock  # noqa: E402
 from tuner.canary import stop_all_canaries  # noqa: E402
 from tuner.load import run_load_sync, summarize  # noqa: E402
 from tuner.tune import (  # noqa: E402
@@ -70,22 +69,10 @@ KNOB_OF = {"max-num-seqs": "max-num-seqs", "num-gpu-blocks-override": "gpu-memor
            "max-num-batched-tokens": "max-num-batched-tokens"}
 SAME_SERVER = ((16, 64, 512), (128, 36, 2048))
 DATA = ROOT / "benchmarks" / "data" / "surface_cpu_3d.json"
-LOCK = Path("/tmp/tuner-vllm.lock")
 
 
 class Interrupted(Exception):
     pass
-
-
-@contextmanager
-def vllm_lock() -> Iterator[None]:
-    """/tmp/tuner-vllm.lock held for one canary's life."""
-    with LOCK.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def cv(values: Sequence[float]) -> float | None:

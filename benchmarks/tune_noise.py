@@ -16,7 +16,7 @@ load runs of ``--seconds`` s (output tok/s). Printed per mode:
 * across restarts: the CV of the canaries' first runs (a fresh canary measured once, as a
   search measures a trial), with a bootstrap 90% interval over canaries;
 
-and the pinned/unpinned ratio of both. The vLLM lock (/tmp/tuner-vllm.lock) is taken per
+and the pinned/unpinned ratio of both. The vLLM lock (/tmp/tuner-vllm.lock, or ``TUNER_VLLM_LOCK``) is taken per
 canary, so other vLLM users interleave; SIGTERM and Ctrl-C stop the running canary.
 
     python benchmarks/tune_noise.py [--restarts 3] [--runs 3] [--seconds 8] [--json out.json]
@@ -25,14 +25,12 @@ canary, so other vLLM users interleave; SIGTERM and Ctrl-C stop the running cana
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.support.tiny_model import ensure_tiny_model  # noqa: E402
-from tests.support.vllm import test_launch_spec  # noqa: E402
+from tests.support.vllm import test_launch_spec, vllm_lock  # noqa: E402
 from tuner.canary import LocalCanary, install_cleanup_handlers  # noqa: E402
 from tuner.load import LengthDist, LoadSpec, run_load_sync, summarize  # noqa: E402
 from tuner.tune.cpus import (  # noqa: E402
@@ -53,18 +51,6 @@ from tuner.tune.cpus import (  # noqa: E402
     probe_plan,
     set_process_cpus,
 )
-
-LOCK = "/tmp/tuner-vllm.lock"
-
-
-@contextlib.contextmanager
-def vllm_lock() -> Iterator[None]:
-    with open(LOCK, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def cv(values: Sequence[float]) -> float:

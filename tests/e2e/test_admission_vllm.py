@@ -55,14 +55,9 @@ def test_overload_is_counted_as_503_rejections_and_suggest_recommends_a_change(
 ) -> None:
     server = vllm_admission_server
     cfg_file = tmp_path / "tuner.yaml"
-    cfg_file.write_text(yaml.safe_dump({
-        "targets": [{"name": "vllm-0", "url": server.metrics_url, "kind": "vllm"}],
-        "scrape_interval": "1s",
-        "store": {"path": "tuner.db", "retention": "1h"},
-        "listen": "127.0.0.1:0",
-        "launch": dict(ADMISSION_FLAGS),
-        "slo": {"ttft_p99_seconds": 1.0, "itl_p99_seconds": 0.1},
-    }))
+    cfg_file.write_text(yaml.safe_dump(server.sidecar_settings(
+        "tuner.db", launch=dict(ADMISSION_FLAGS),
+        slo={"ttft_p99_seconds": 1.0, "itl_p99_seconds": 0.1})))
     daemon = Daemon(load_config(cfg_file))
     daemon.start()
     try:

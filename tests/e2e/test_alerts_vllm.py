@@ -52,15 +52,9 @@ def _short_rules(tmp_path: Path) -> list[str]:
 
 def _daemon(tmp_path: Path, server: VllmServer, am: AlertmanagerProcess) -> Daemon:
     cfg = parse_config(
-        {
-            "targets": [{"name": "vllm-0", "url": server.metrics_url, "kind": "vllm"}],
-            "scrape_interval": "1s",
-            "evaluation_interval": "2s",
-            "store": {"path": str(tmp_path / "tuner.db"), "retention": "1h"},
-            "listen": "127.0.0.1:0",
-            "rule_files": _short_rules(tmp_path),
-            "alertmanagers": [{"url": am.url}],
-        },
+        server.sidecar_settings(tmp_path / "tuner.db", evaluation_interval="2s",
+                                rule_files=_short_rules(tmp_path),
+                                alertmanagers=[{"url": am.url}]),
         str(tmp_path / "tuner.yaml"),
     )
     return Daemon(cfg)

@@ -60,15 +60,11 @@ def test_daemon_sees_production_drift_from_the_tuned_workload(
     result = tmp_path / "run" / "best.json"
     result.parent.mkdir()
     result.write_text(json.dumps({"flags": {}}))  # replaced by the tuned fingerprint below
-    cfg = parse_config({
-        "targets": [{"name": "vllm-0", "url": vllm_server.metrics_url, "kind": "vllm"}],
-        "scrape_interval": "1s",
-        "store": {"path": str(tmp_path / "tuner.db"), "retention": "1h"},
-        "listen": "127.0.0.1:0",
-        "alertmanagers": [{"url": alertmanager.url}],
-        "drift": {"tune_result": str(result), "window": "1m", "interval": "3s",
-                  "threshold": 1.0, "min_requests": 10},
-    }, str(tmp_path / "tuner.yaml"))
+    cfg = parse_config(vllm_server.sidecar_settings(
+        tmp_path / "tuner.db", alertmanagers=[{"url": alertmanager.url}],
+        drift={"tune_result": str(result), "window": "1m", "interval": "3s",
+               "threshold": 1.0, "min_requests": 10},
+    ), str(tmp_path / "tuner.yaml"))
     daemon = Daemon(cfg)
     daemon.start()
     try:

@@ -25,15 +25,8 @@ pytestmark = pytest.mark.e2e
 
 def test_status_page_shows_a_real_vllm_server(tmp_path: Path, vllm_server: VllmServer) -> None:
     server = vllm_server
-    cfg = parse_config(
-        {
-            "targets": [{"name": "vllm-real", "url": server.metrics_url, "kind": "vllm"}],
-            "scrape_interval": "1s",
-            "store": {"path": str(tmp_path / "tuner.db"), "retention": "1h"},
-            "listen": "127.0.0.1:0",
-        },
-        str(tmp_path / "tuner.yaml"),
-    )
+    cfg = parse_config(server.sidecar_settings(tmp_path / "tuner.db", target="vllm-real"),
+                       str(tmp_path / "tuner.yaml"))
     daemon = Daemon(cfg)
     daemon.start()
     driver, profile = start_chromium()

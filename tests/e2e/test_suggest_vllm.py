@@ -31,14 +31,9 @@ def test_suggest_recommends_fewer_seqs_or_more_kv_after_preemptions(
 ) -> None:
     server = vllm_preempting_server
     cfg_file = tmp_path / "tuner.yaml"
-    cfg_file.write_text(yaml.safe_dump({
-        "targets": [{"name": "vllm-0", "url": server.metrics_url, "kind": "vllm"}],
-        "scrape_interval": "1s",
-        "store": {"path": "tuner.db", "retention": "1h"},
-        "listen": "127.0.0.1:0",
-        "launch": {k: v for k, v in PREEMPTING_FLAGS.items() if k == "max-num-seqs"},
-        "slo": {"ttft_p99_seconds": 1.0, "itl_p99_seconds": 0.1},
-    }))
+    cfg_file.write_text(yaml.safe_dump(server.sidecar_settings(
+        "tuner.db", launch={k: v for k, v in PREEMPTING_FLAGS.items() if k == "max-num-seqs"},
+        slo={"ttft_p99_seconds": 1.0, "itl_p99_seconds": 0.1})))
     daemon = Daemon(load_config(cfg_file))
     daemon.start()
     try:

@@ -34,6 +34,8 @@ Anything that starts vLLM must run under ``flock /tmp/tuner-vllm.lock``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
 import tempfile
 import time
@@ -60,6 +62,23 @@ SPECDECODE_CONFIG = {"method": "ngram", "num_speculative_tokens": 3,
 #: Admission control: at most 2 unfinished requests, so a burst is mostly refused with 503.
 ADMISSION_FLAGS: Mapping[str, Any] = {"max-num-seqs": 4, "max-num-queued-reqs": 2}
 SERVED_NAME = "tiny-llama"
+
+
+def vllm_lock_path() -> Path:
+    """The lock every starter of a vLLM server takes (``TUNER_VLLM_LOCK``, default
+    ``/tmp/tuner-vllm.lock``, the one ``flock`` in the README uses)."""
+    return Path(os.environ.get("TUNER_VLLM_LOCK", "/tmp/tuner-vllm.lock"))
+
+
+@contextlib.contextmanager
+def vllm_lock() -> Iterator[None]:
+    """Hold the vLLM lock (two CPU servers side by side contend) for the ``with`` block."""
+    with vllm_lock_path().open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def vllm_env(cores: str = "0", kv_space_gib: int | None = None) -> dict[str, str]:
@@ -137,6 +156,18 @@ class VllmServer:
 
     def log_tail(self, lines: int = 80) -> str:
         return read_tail(self.handle.log_path, lines)
+
+    def sidecar_settings(self, store: str | Path, target: str = "vllm-0",
+                         **extra: Any) -> dict[str, Any]:
+        """A daemon config (``tuner.yaml`` as a dict) that scrapes this server every second into
+        ``store`` and listens on an ephemeral port; ``extra`` keys are added or replace these."""
+        return {
+            "targets": [{"name": target, "url": self.metrics_url, "kind": "vllm"}],
+            "scrape_interval": "1s",
+            "store": {"path": str(store), "retention": "1h"},
+            "listen": "127.0.0.1:0",
+            **extra,
+        }
 
 
 def _serve(tmp_factory: pytest.TempPathFactory, name: str, model_dir: Path,

@@ -345,3 +345,52 @@ def test_the_report_says_what_bounded_the_search_and_where_the_time_went() -> No
     assert "start-up: 90 s of 115 s of trials (78%)" in md
     assert "stopped early: 1 trial, 5 s of load saved" in md
     assert "initial design: lhs, 5 points" in md
+
+
+def test_a_flag_vllm_does_not_know_is_not_launched_again(tmp_path: Path) -> None:
+    """A searched trial failed ``flag_rejected`` with "unrecognized arguments": every later
+    candidate carries the same knob's flag and would fail the same way after a canary start,
+    so the plan rejects it unlaunched, naming the flag and the trial. A refused *value* is
+    value-specific: later candidates are launched."""
+    import threading
+    from dataclasses import replace
+
+    import httpx
+
+    from tuner.store import Store
+    from tuner.tune import build_load_spec
+    from tuner.tune.planner import unknown_flags
+    from tuner.tune.trial import TrialContext, run_trial
+
+    log = (Path(__file__).parent / "data" / "vllm_logs" / "start_unknown_flag.log").read_text()
+    cfg = config(space={"max-num-seqs": {"low": 2, "high": 64, "log": True},
+                        "max-num-active-seqs": {"low": 1, "high": 64},
+                        "gpu-memory-utilization": None, "max-num-batched-tokens": None},
+                 optimizer={"initial_points": 2, "seed": 1})
+    opt = make_optimizer(cfg)
+    trials = [trial(cfg, 0, "baseline", None, 1000.0)]
+    tell_history(opt, trials, cfg.space)
+    (first,) = plan_steps(trials, cfg, opt)
+    assert first.flags is not None
+    refused = replace(
+        trial(cfg, 1, "search", dict(first.point), None), reason="flag_rejected",
+        log_tail=log.replace("--no-such-flag", f"--max-num-active-seqs "
+                             f"{first.flags['max-num-active-seqs']}"))
+    assert unknown_flags([*trials, refused]) == {"--max-num-active-seqs": 1}
+    trials.append(refused)
+    tell_history(opt, [refused], cfg.space)
+    (step,) = plan_steps(trials, cfg, opt)
+    assert step.flags is None and step.reject_reason == "flag_rejected"
+    assert any("does not know --max-num-active-seqs (trial 1" in n for n in step.notes)
+    # the trial is recorded rejected without starting anything
+    with Store(tmp_path / "s.db") as store, httpx.Client() as client:
+        ctx = TrialContext(cfg, store, tmp_path, client, build_load_spec(cfg.load),
+                           threading.Event())
+        t = run_trial(ctx, 2, step, None)
+    assert t is not None and t.state == "rejected" and t.reason == "flag_rejected"
+    assert t.timings["total_s"] < 1.0 and "start_s" not in t.timings
+    # a refused value is not a refused flag
+    bad_value = replace(refused, log_tail=log.replace(
+        "error: unrecognized arguments: --no-such-flag",
+        "error: argument --max-num-active-seqs: invalid int value: 'x'"))
+    assert unknown_flags([trials[0], bad_value]) == {}

@@ -38,6 +38,7 @@ from tuner.canary.local import (
     stop_all_canaries,
 )
 from tuner.canary.logs import (
+    ARGPARSE_EXIT,
     OOM_PATTERNS,
     FlagRejection,
     detect_oom,
@@ -49,6 +50,7 @@ from tuner.canary.logs import (
 from tuner.errors import CANARY_FAILURE_REASONS, CanaryFailed
 
 __all__ = [
+    "ARGPARSE_EXIT",
     "CANARY_FAILURE_REASONS",
     "CANARY_LABEL",
     "DEFAULT_COMMAND",

@@ -2,7 +2,7 @@
 
 Every figure is labelled with its source (``tuner.tune.FigureSource``): the load client
 measures each request from sending it to its last chunk (what a user of the server sees);
-the server's histograms (``tuner.signals.TRIAL_LATENCY_SIGNALS``) start when the engine
+the server's histograms (``tuner.tune.signals.TRIAL_LATENCY_SIGNALS``) start when the engine
 receives the request. ``explain_latency_gap`` says why the two differ when they differ by
 much (pure).
 """

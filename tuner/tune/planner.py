@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from tuner.canary import flag_args
+from tuner.canary import ARGPARSE_EXIT, flag_args, rejected_flags
 from tuner.errors import TuneError
 from tuner.load import LoadSpec
 from tuner.tune.bound import KvBound, kv_bound
@@ -48,6 +48,8 @@ class Step:
     measures_baseline: bool = False
     #: When its load stops early (searched trials once there is an incumbent).
     early_stop: EarlyStop | None = None
+    #: With ``flags`` None: why the step is not launched (the trial's reason).
+    reject_reason: str = "constraint"
 
     def __post_init__(self) -> None:  # "search" and TrialKind.SEARCH are the same kind
         object.__setattr__(self, "kind", TrialKind(self.kind))
@@ -257,11 +259,21 @@ def plan_steps(
     if len(searched) < budget and not over_time:
         n = min(k, budget - len(searched))
         rule = early_stop_rule(trials, cfg)
+        unknown = unknown_flags(trials)
         steps = []
         for point, x in next_points(trials, cfg, optimizer, n, load):
             flags, notes = apply_constraints(
                 {**cfg.launch.flags, **cfg.space.flags(point)}, cfg.space, cfg.constraints
             )
+            refused = [(a, unknown[a]) for a in flag_args(flags or {}) if a in unknown]
+            if flags is not None and refused:
+                flag, number = refused[0]
+                steps.append(Step(
+                    TrialKind.SEARCH, point, None,
+                    (*notes, f"not launched: the installed vLLM does not know {flag} (trial "
+                     f"{number} was refused it: unrecognized arguments); drop the knob or "
+                     "upgrade vLLM"), tuple(x), reject_reason="flag_rejected"))
+                continue
             steps.append(Step(TrialKind.SEARCH, point, flags, notes, tuple(x), early_stop=rule))
         if steps:
             return steps
@@ -290,6 +302,22 @@ def plan_steps(
         else:
             out.append(Step(TrialKind.CONFIRM, dict(winner.point), dict(winner.flags)))
             cw += 1
+    return out
+
+
+def unknown_flags(trials: Sequence[Trial]) -> dict[str, int]:
+    """Flags the installed vLLM does not know (``--name`` -> the first trial refused it): from
+    ``flag_rejected`` trials whose parser said "unrecognized arguments". Such a flag fails every
+    value, so later candidates carrying it are not launched; a refused *value* (``argument
+    --x: invalid ...``) says nothing about other values and is not listed."""
+    out: dict[str, int] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        if t.reason != "flag_rejected" or t.state is not TrialState.FAILED:
+            continue
+        refusal = rejected_flags(t.log_tail, ARGPARSE_EXIT)
+        if refusal is not None and refusal.message.startswith("unrecognized arguments"):
+            for flag in refusal.flags:
+                out.setdefault(flag, t.number)
     return out
 
 

@@ -121,7 +121,7 @@ class Measurement(LoadSummary):
     #: The canary's KV cache (``vllm:cache_config_info``): tokens and block size.
     kv_capacity_tokens: float = math.nan
     kv_block_size: float = math.nan
-    #: The canary's own histograms over the load window (``signals.TRIAL_LATENCY_SIGNALS``).
+    #: The canary's own histograms over the load window (``tune.signals.TRIAL_LATENCY_SIGNALS``).
     server_ttft_p50: float = math.nan
     server_ttft_p99: float = math.nan
     server_itl_p50: float = math.nan

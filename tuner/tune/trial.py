@@ -6,8 +6,8 @@ into the search's store through the same ingest step as the daemon (``tuner.inge
 samples, ``up``, ``scrape_duration_seconds``, ``scrape_samples_scraped``, stale markers, the
 retry buffer), as target ``instance="trial-N"``. ``server_signals`` then reads the canary's
 server-side signals over the load window with the production signal definitions
-(``tuner.signals.TRIAL_SIGNALS``) and its own latency histograms (TTFT, ITL, queue time:
-``tuner.signals.TRIAL_LATENCY_SIGNALS``) beside the load client's per-request figures, the
+(``tuner.tune.signals.TRIAL_SIGNALS``) and its own latency histograms (TTFT, ITL, queue time:
+``tuner.tune.signals.TRIAL_LATENCY_SIGNALS``) beside the load client's per-request figures, the
 canary is stopped (always), and the trial is scored (``tuner.tune.records.score_trial``). The
 per-request records go to ``logs/trial-N-requests.csv``.
 """
@@ -42,8 +42,6 @@ from tuner.promql import Engine
 from tuner.scrape import scrape_target
 from tuner.signals import (
     KV_CAPACITY_TOKENS,
-    TRIAL_LATENCY_SIGNALS,
-    TRIAL_SIGNALS,
     WINDOW_TOTALS,
     kv_capacity_from_info,
     per_thousand_requests,
@@ -62,6 +60,7 @@ from tuner.tune.records import (
     objective_value,
     score_trial,
 )
+from tuner.tune.signals import TRIAL_LATENCY_SIGNALS, TRIAL_SIGNALS
 
 if TYPE_CHECKING:
     import httpx
@@ -175,7 +174,7 @@ class CanaryScraper:
 def server_signals(store: Store, instance: str, start_ms: int, end_ms: int) -> dict[str, float]:
     """Server-side signals of one canary over its load window, from its scraped samples.
 
-    The production signal definitions (``tuner.signals.TRIAL_SIGNALS``: KV usage with its V0
+    The production signal definitions (``tuner.tune.signals.TRIAL_SIGNALS``: KV usage with its V0
     fallback, window totals), rendered for ``instance="trial-N"`` over the window and evaluated
     by the in-process engine (``tuner.promql.Engine``) over the search's store.
     """
@@ -278,8 +277,8 @@ def run_trial(
     timings: dict[str, float] = {}
     if step.flags is None:
         return Trial(number, step.kind, dict(step.point), {}, TrialState.REJECTED, FAILED_LOSS,
-                     reason="constraint", notes=step.notes, started=started, ended=time.time(),
-                     timings={"total_s": time.perf_counter() - t0})
+                     reason=step.reject_reason, notes=step.notes, started=started,
+                     ended=time.time(), timings={"total_s": time.perf_counter() - t0})
     canary = canary_for(ctx, number, step.flags, slot)
     try:
         run = _measure(ctx, canary, number, step, timings, t0)
