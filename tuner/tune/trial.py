@@ -171,6 +171,13 @@ class CanaryScraper:
             self.error = report.failures[-1].message
 
 
+def kv_unobserved(running_peak: float, generated_tokens: float) -> bool:
+    """Gauges are sampled: a server that generated tokens while no scrape saw a request running
+    was never caught mid-step (vLLM CPU 0.32 on a saturated host reads 0 for running and KV usage
+    throughout a load), so its KV gauges say nothing: unknown, not 0."""
+    return running_peak == 0 and generated_tokens > 0
+
+
 def server_signals(store: Store, instance: str, start_ms: int, end_ms: int) -> dict[str, float]:
     """Server-side signals of one canary over its load window, from its scraped samples.
 
@@ -195,10 +202,7 @@ def server_signals(store: Store, instance: str, start_ms: int, end_ms: int) -> d
         for sig in TRIAL_LATENCY_SIGNALS
     }
     drafts = v["spec_draft_tokens"]
-    # Gauges are sampled. A server that generated tokens while no scrape saw a request running
-    # was never caught mid-step (vLLM CPU 0.32 on a saturated host reads 0 for running and KV
-    # usage throughout a load): its KV gauges say nothing, so they are unknown, not 0.
-    blind = v["running_peak"] == 0 and v["output_tokens"] > 0
+    blind = kv_unobserved(v["running_peak"], v["output_tokens"])
     # what the server counted as refused (vLLM 0.29+; NaN before): checks the client's count
     refused = next(sig for sig in WINDOW_TOTALS if sig.name == "admission_rejections")
     server_rejections = query(render_signal(refused, selector, by="instance", window=window))
@@ -425,7 +429,8 @@ def _evaluate(ctx: TrialContext, canary: Canary, run: TrialRun, result: LoadResu
     except TunerError as exc:
         signals = {}
         run.notes.append(f"server signals unavailable: {exc}")
-    if signals.get("running_peak") == 0 and math.isnan(signals.get("kv_usage_max", 0.0)):
+    if kv_unobserved(signals.get("running_peak", math.nan),
+                     signals.get("server_generation_tokens", math.nan)):
         run.notes.append(
             "KV usage unknown: the server generated tokens but no scrape of the window saw a "
             "request running (its gauges were never read mid-step; a saturated host answers "
